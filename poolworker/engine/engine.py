@@ -1,0 +1,407 @@
+"""``Engine``: every pooling task on one model, offline, mirroring vLLM's ``LLM`` pooling methods.
+
+The engine knows nothing of Kafka or Redis. Each public method checks its inputs, tokenizes,
+runs the backbone once over all prompts (``Runner``), then pools (``Pooler``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from poolworker import kernels
+
+from .conversion import ModelKind
+from .loading import LoadedModel, load_model
+from .outputs import (
+    ClassificationOutput,
+    EmbeddingOutput,
+    PoolingOutput,
+    RequestOutput,
+    RerankResult,
+    ScoringOutput,
+)
+from .pooler_config import POOLING_TASKS, PoolerConfig
+from .poolers import HeadParams, Pooler
+from .prompts import Prompt, PromptTokenizer, Truncation, normalize_prompts, resolve_truncation
+from .resolve import DEFAULT_MODEL
+from .runner import Runner
+
+_KIND_REASONS = {
+    ModelKind.EMBED: "an embedding model (its hidden states are pooled into vectors)",
+    ModelKind.CLASSIFY: "a classification model (it has a classifier head)",
+    ModelKind.SPLADE: "a masked-LM model served as a SPLADE sparse embedder",
+}
+
+
+def _is_int(x: object) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+class Engine:
+    """A pooling model loaded from a local folder, a bundled name or the local HF cache.
+
+    Args mirror vLLM's ``LLM``: ``task`` picks the default pooling task, ``convert`` overrides
+    the architecture-derived conversion (``embed``/``classify``), ``pooler_config`` overrides
+    pooling. Weights load from safetensors only unless ``allow_pickle=True``; remote code runs
+    only with ``trust_remote_code=True``.
+    """
+
+    def __init__(
+        self,
+        model: str = DEFAULT_MODEL,
+        *,
+        task: str | None = None,
+        convert: str | None = None,
+        pooler_config: PoolerConfig | dict | None = None,
+        device: str | torch.device = "auto",
+        dtype: str | torch.dtype = "auto",
+        max_model_len: int | None = None,
+        trust_remote_code: bool = False,
+        allow_pickle: bool = False,
+        max_batch_tokens: int | None = None,
+    ) -> None:
+        if isinstance(pooler_config, dict):
+            pooler_config = PoolerConfig(**pooler_config)
+        self.pooler_config = pooler_config or PoolerConfig()
+        self.model_name = str(model)
+        self.model: LoadedModel = load_model(
+            str(model),
+            convert=convert,
+            device=device,
+            dtype=dtype,
+            max_model_len=max_model_len,
+            trust_remote_code=trust_remote_code,
+            allow_pickle=allow_pickle,
+        )
+        self.pooler = Pooler(self.model, self.pooler_config)
+        self.runner = Runner(self.model, max_batch_tokens=max_batch_tokens)
+        self.tokenizer = PromptTokenizer(self.model.tokenizer, vocab_size=self.model.vocab_size, lowercase=self.model.st.do_lower_case)
+        self.supported_tasks: tuple[str, ...] = self._supported_tasks()
+        self.default_task = self._default_task(task or self.pooler_config.task)
+        self._check_pooler_config()
+
+    # -- model facts --------------------------------------------------------------------------
+    def _supported_tasks(self) -> tuple[str, ...]:
+        kind = self.model.kind
+        if kind is ModelKind.EMBED:
+            return ("embed", "token_embed")
+        if kind is ModelKind.SPLADE:
+            return ("embed",)
+        heads = self.model.heads
+        if self.model.token_classifier:
+            return ("token_classify",)
+        return ("classify", "token_classify") if heads.token is not None else ("classify",)
+
+    def _default_task(self, requested: str | None) -> str:
+        if requested is not None:
+            self._require(requested)
+            return requested
+        st = self.model.st
+        if self.model.kind is ModelKind.EMBED and st.present and not st.has_pooling:
+            return "token_embed"  # Sentence-Transformers modules without Pooling: multi-vector
+        return self.supported_tasks[0]
+
+    def _check_pooler_config(self) -> None:
+        cfg = self.pooler_config
+        if cfg.dimensions is not None:
+            self._check_dimensions(cfg.dimensions)
+        if cfg.pooling_type == "STEP" and "token_classify" not in self.supported_tasks:
+            raise ValueError("pooling_type STEP needs a token classification head (token_classify)")
+        if cfg.seq_pooling_type and self.model.kind is ModelKind.SPLADE:
+            raise ValueError("SPLADE models pool with max over tokens; pooling_type cannot change that")
+
+    @property
+    def score_mode(self) -> str | None:
+        """How ``score`` works for this model: cross-encoder, bi-encoder, late-interaction."""
+        if self.model.kind is ModelKind.CLASSIFY:
+            ok = "classify" in self.supported_tasks and self.model.num_labels == 1
+            return "cross-encoder" if ok else None
+        if self.model.kind is ModelKind.EMBED:
+            return "late-interaction" if self.default_task == "token_embed" else "bi-encoder"
+        return None
+
+    @property
+    def max_model_len(self) -> int:
+        return self.model.max_model_len
+
+    def describe(self) -> dict:
+        """What ``poolworker models`` prints."""
+        m = self.model
+        return {
+            "model": self.model_name,
+            "path": str(m.path),
+            "architecture": m.architecture,
+            "model_type": getattr(m.config, "model_type", None),
+            "kind": m.kind.value,
+            "supported_tasks": list(self.supported_tasks),
+            "default_task": self.default_task,
+            "score_mode": self.score_mode,
+            "max_model_len": m.max_model_len,
+            "num_labels": m.num_labels if m.kind is ModelKind.CLASSIFY else None,
+            "pooler_config": self.pooler.describe(),
+            "forward_path": "transformers (generic, padded batches)",
+            "device": str(m.device),
+            "dtype": str(m.dtype).removeprefix("torch."),
+            "fingerprint": m.fingerprint,
+        }
+
+    def _require(self, task: object) -> None:
+        if task not in POOLING_TASKS:
+            raise ValueError(f"pooling_task must be one of {POOLING_TASKS}, got {task!r}")
+        if task not in self.supported_tasks:
+            raise ValueError(
+                f"{self.model_name} ({self.model.architecture}) cannot do '{task}': it is "
+                f"{_KIND_REASONS[self.model.kind]} and supports {list(self.supported_tasks)}"
+            )
+
+    def _check_dimensions(self, dimensions: object) -> int | None:
+        if dimensions is None:
+            return None
+        if not _is_int(dimensions):
+            raise TypeError(f"dimensions must be an int, got {type(dimensions).__name__}")
+        if self.model.kind is ModelKind.SPLADE:
+            raise ValueError("dimensions: SPLADE vectors are indexed by vocabulary and cannot be shortened")
+        size = self.pooler.embedding_size
+        if not 1 <= dimensions <= size:
+            raise ValueError(f"dimensions must be between 1 and the embedding size {size}, got {dimensions}")
+        allowed = getattr(self.model.config, "matryoshka_dimensions", None)
+        if allowed and dimensions not in allowed:
+            raise ValueError(f"dimensions={dimensions} is not one of the model's Matryoshka dimensions {allowed}")
+        return dimensions
+
+    @staticmethod
+    def _check_flag(value: object, name: str) -> None:
+        if value is not None and not isinstance(value, bool):
+            raise TypeError(f"{name} must be a bool or None, got {type(value).__name__}")
+
+    # -- tokenization ---------------------------------------------------------------------------
+    def _truncation(self, truncate_prompt_tokens: object, truncation_side: object) -> Truncation:
+        return resolve_truncation(truncate_prompt_tokens, truncation_side, self.max_model_len, self.tokenizer.default_side)
+
+    def _length_limit(self, task: str) -> int | None:
+        cfg = self.pooler_config
+        if task == "embed" and cfg.enable_chunked_processing:
+            return cfg.max_embed_len  # None: any length, in chunks
+        return self.max_model_len
+
+    def _check_lengths(self, ids: list[list[int]], task: str, field: str) -> None:
+        limit = self._length_limit(task)
+        for i, x in enumerate(ids):
+            if limit is not None and len(x) > limit:
+                what = "max_embed_len" if limit != self.max_model_len else "max_model_len"
+                raise ValueError(
+                    f"{field}[{i}] has {len(x)} tokens, more than {what}={limit}; pass truncate_prompt_tokens "
+                    f"(-1 = model maximum) to truncate, or PoolerConfig(enable_chunked_processing=True) for embed"
+                )
+
+    def _tokenize(self, prompts: object, task: str, trunc: Truncation, field: str = "prompts") -> list[list[int]]:
+        ids = self.tokenizer.encode(normalize_prompts(prompts, field), trunc, field)
+        self._check_lengths(ids, task, field)
+        return ids
+
+    # -- the core: ids → per-prompt tensors -------------------------------------------------------
+    def _run(self, task: str, ids: list[list[int]], params: HeadParams, use_tqdm: bool) -> list[torch.Tensor]:
+        if not ids:
+            return []
+        if task == "embed":
+            return list(self.pooler.embed_head(self._pool_chunked(ids, use_tqdm), params))
+        packed = self.runner.forward(ids, use_tqdm=use_tqdm)
+        if task == "classify":
+            return list(self.pooler.classify_head(self.pooler.pool_sequences(packed), params))
+        rows = self.pooler.pool_tokens(packed)
+        if task == "token_embed":
+            return [self.pooler.token_embed_head(r, params) for r in rows]
+        token_ids = kernels.split_segments(packed.input_ids, packed.cu_seqlens)
+        return [self.pooler.token_classify_head(r, t, params) for r, t in zip(rows, token_ids)]
+
+    def _pool_chunked(self, ids: list[list[int]], use_tqdm: bool) -> torch.Tensor:
+        """Sequence pooling, splitting inputs longer than max_model_len into chunks whose pooled
+        rows are averaged weighted by token count (chunked processing)."""
+        limit = self.max_model_len
+        pieces: list[list[int]] = []
+        owner: list[int] = []
+        for i, x in enumerate(ids):
+            for start in range(0, len(x), limit):
+                pieces.append(x[start : start + limit])
+                owner.append(i)
+        pooled = self.pooler.pool_sequences(self.runner.forward(pieces, use_tqdm=use_tqdm))
+        if len(pieces) == len(ids):
+            return pooled
+        weights = torch.tensor([len(p) for p in pieces], dtype=torch.float32, device=pooled.device)
+        index = torch.tensor(owner, device=pooled.device)
+        sums = torch.zeros(len(ids), pooled.shape[1], dtype=torch.float32, device=pooled.device)
+        sums.index_add_(0, index, pooled.float() * weights[:, None])
+        totals = torch.zeros(len(ids), dtype=torch.float32, device=pooled.device).index_add_(0, index, weights)
+        return sums / totals[:, None]
+
+    # -- public API -------------------------------------------------------------------------------
+    def encode(
+        self,
+        prompts: str | Sequence[Prompt],
+        *,
+        pooling_task: str | None = None,
+        truncate_prompt_tokens: int | None = None,
+        truncation_side: str | None = None,
+        dimensions: int | None = None,
+        use_activation: bool | None = None,
+        use_tqdm: bool = True,
+    ) -> list[RequestOutput[PoolingOutput]]:
+        """Raw pooled tensors for any supported task (vLLM's ``LLM.encode``): ``[dim]`` for
+        sequence tasks, ``[num_tokens, dim]`` for token tasks (every prompt token)."""
+        task = pooling_task or self.default_task
+        self._require(task)
+        self._check_flag(use_activation, "use_activation")
+        dims = self._check_dimensions(dimensions)
+        if dims is not None and task not in ("embed", "token_embed"):
+            raise ValueError(f"dimensions applies to embed and token_embed, not {task}")
+        ids = self._tokenize(prompts, task, self._truncation(truncate_prompt_tokens, truncation_side))
+        data = self._run(task, ids, HeadParams(dims if dims is not None else self.pooler_config.dimensions, use_activation), use_tqdm)
+        return [RequestOutput(str(i), PoolingOutput(d.cpu()), x) for i, (d, x) in enumerate(zip(data, ids))]
+
+    def embed(
+        self,
+        prompts: str | Sequence[Prompt],
+        *,
+        dimensions: int | None = None,
+        truncate_prompt_tokens: int | None = None,
+        truncation_side: str | None = None,
+        use_activation: bool | None = None,
+        use_tqdm: bool = True,
+    ) -> list[RequestOutput[EmbeddingOutput]]:
+        """One vector per prompt."""
+        out = self.encode(prompts, pooling_task="embed", dimensions=dimensions, truncate_prompt_tokens=truncate_prompt_tokens,
+                          truncation_side=truncation_side, use_activation=use_activation, use_tqdm=use_tqdm)
+        return [RequestOutput(o.request_id, EmbeddingOutput(o.outputs.data.tolist()), o.prompt_token_ids) for o in out]
+
+    def classify(
+        self,
+        prompts: str | Sequence[Prompt],
+        *,
+        truncate_prompt_tokens: int | None = None,
+        truncation_side: str | None = None,
+        use_activation: bool | None = None,
+        use_tqdm: bool = True,
+    ) -> list[RequestOutput[ClassificationOutput]]:
+        """Class probabilities per prompt, with the label name of the most likely class."""
+        out = self.encode(prompts, pooling_task="classify", truncate_prompt_tokens=truncate_prompt_tokens,
+                          truncation_side=truncation_side, use_activation=use_activation, use_tqdm=use_tqdm)
+        id2label = getattr(self.model.config, "id2label", None) or {}
+        results = []
+        for o in out:
+            probs = o.outputs.data.tolist()
+            best = max(range(len(probs)), key=probs.__getitem__)
+            results.append(RequestOutput(o.request_id, ClassificationOutput(probs, id2label.get(best, str(best))), o.prompt_token_ids))
+        return results
+
+    def reward(
+        self,
+        prompts: str | Sequence[Prompt],
+        *,
+        truncate_prompt_tokens: int | None = None,
+        use_activation: bool | None = None,
+        use_tqdm: bool = True,
+    ) -> list[RequestOutput[PoolingOutput]]:
+        """Token-wise rewards (``token_classify``), as vLLM's ``LLM.reward``."""
+        return self.encode(prompts, pooling_task="token_classify", truncate_prompt_tokens=truncate_prompt_tokens,
+                           use_activation=use_activation, use_tqdm=use_tqdm)
+
+    def score(
+        self,
+        text_1: str | Sequence[Prompt],
+        text_2: str | Sequence[Prompt],
+        *,
+        truncate_prompt_tokens: int | None = None,
+        use_activation: bool | None = None,
+        use_tqdm: bool = True,
+    ) -> list[RequestOutput[ScoringOutput]]:
+        """Similarity of pairs: 1-vs-1, 1-vs-N (one ``text_1``) or N-vs-N (zipped)."""
+        self._check_flag(use_activation, "use_activation")
+        mode = self.score_mode
+        if mode is None:
+            raise ValueError(
+                f"{self.model_name} cannot score: scoring needs a cross-encoder (classifier with num_labels=1, "
+                f"this one has {self.model.num_labels}) or an embedding model; supported tasks: {list(self.supported_tasks)}"
+            )
+        firsts, seconds = _pair_up(normalize_prompts(text_1, "text_1"), normalize_prompts(text_2, "text_2"))
+        trunc = self._truncation(truncate_prompt_tokens, None)
+        params = HeadParams(None, use_activation)
+        if mode == "cross-encoder":
+            return self._cross_encode(firsts, seconds, trunc, params, use_tqdm)
+        task = "token_embed" if mode == "late-interaction" else "embed"
+        uniq: dict[str | tuple[int, ...], int] = {}
+        for p in firsts + seconds:
+            uniq.setdefault(p if isinstance(p, str) else tuple(p), len(uniq))
+        keys = list(uniq)
+        ids = self._tokenize([k if isinstance(k, str) else list(k) for k in keys], task, trunc, "text")
+        vectors = self._run(task, ids, HeadParams(None, None), use_tqdm)
+        results = []
+        for n, (a, b) in enumerate(zip(firsts, seconds)):
+            ia, ib = uniq[a if isinstance(a, str) else tuple(a)], uniq[b if isinstance(b, str) else tuple(b)]
+            if mode == "late-interaction":
+                value = kernels.maxsim(vectors[ia], vectors[ib])
+            else:
+                value = F.cosine_similarity(vectors[ia][None], vectors[ib][None])[0]
+            results.append(RequestOutput(str(n), ScoringOutput(float(value)), ids[ia] + ids[ib]))
+        return results
+
+    def _cross_encode(self, firsts: list[Prompt], seconds: list[Prompt], trunc: Truncation, params: HeadParams, use_tqdm: bool):
+        if not all(isinstance(p, str) for p in firsts + seconds):
+            raise TypeError("cross-encoder scoring takes text for text_1 and text_2, not token ids")
+        ids, types = self.tokenizer.encode_pairs(firsts, seconds, trunc)  # type: ignore[arg-type]
+        self._check_lengths(ids, "classify", "text_1/text_2 pair")
+        packed = self.runner.forward(ids, token_type_ids=types, use_tqdm=use_tqdm)
+        scores = self.pooler.classify_head(self.pooler.pool_sequences(packed), params, for_score=True)
+        return [RequestOutput(str(n), ScoringOutput(float(s[0])), x) for n, (s, x) in enumerate(zip(scores, ids))]
+
+    def rerank(
+        self,
+        query: str,
+        documents: Sequence[str],
+        *,
+        top_n: int | None = None,
+        return_documents: bool = True,
+        truncate_prompt_tokens: int | None = None,
+        use_tqdm: bool = True,
+    ) -> list[RerankResult]:
+        """Documents sorted by relevance to ``query`` (best first), at most ``top_n``."""
+        if not isinstance(query, str):
+            raise TypeError(f"query must be a str, got {type(query).__name__}")
+        if isinstance(documents, str) or not isinstance(documents, (list, tuple)):
+            raise TypeError(f"documents must be a list of str, got {type(documents).__name__}")
+        if not documents:
+            raise ValueError("documents must not be empty")
+        bad = next((i for i, d in enumerate(documents) if not isinstance(d, str)), None)
+        if bad is not None:
+            raise TypeError(f"documents[{bad}] must be a str, got {type(documents[bad]).__name__}")
+        if top_n is not None:
+            if not _is_int(top_n):
+                raise TypeError(f"top_n must be an int, got {type(top_n).__name__}")
+            if not 1 <= top_n <= len(documents):
+                raise ValueError(f"top_n must be between 1 and the number of documents ({len(documents)}), got {top_n}")
+        self._check_flag(return_documents, "return_documents")
+        scores = self.score(query, list(documents), truncate_prompt_tokens=truncate_prompt_tokens, use_tqdm=use_tqdm)
+        order = sorted(range(len(documents)), key=lambda i: -scores[i].outputs.score)
+        order = order[: top_n or len(order)]
+        return [
+            RerankResult(i, scores[i].outputs.score, documents[i] if return_documents else None, scores[i].prompt_token_ids)
+            for i in order
+        ]
+
+
+def _pair_up(firsts: list[Prompt], seconds: list[Prompt]) -> tuple[list[Prompt], list[Prompt]]:
+    """vLLM's pairing: one first against every second, or equal-length lists zipped."""
+    if not firsts:
+        raise ValueError("text_1 must not be empty")
+    if not seconds:
+        raise ValueError("text_2 must not be empty")
+    if len(firsts) == 1:
+        return firsts * len(seconds), seconds
+    if len(firsts) != len(seconds):
+        raise ValueError(f"text_1 has {len(firsts)} items and text_2 {len(seconds)}: give one text_1 or as many as text_2")
+    return firsts, seconds
+
+
+__all__ = ["Engine"]

@@ -1,0 +1,226 @@
+"""Load a pooling model from a local folder: config, tokenizer, backbone, head, ST modules.
+
+Security defaults: safetensors only unless ``allow_pickle=True``; ``trust_remote_code`` off
+unless asked. Everything the poolers need is resolved here, once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import transformers
+from torch import nn
+from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM, AutoTokenizer, PretrainedConfig
+from transformers.models.auto.modeling_auto import (
+    MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+    MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+)
+
+from .conversion import ModelKind, is_classifier_architecture, is_token_classifier, kind_from_architecture
+from .heads import ClassifierHeads, classifier_heads, masked_lm_head
+from .resolve import resolve_model_path
+from .st_config import STModules, load_projector, read_st_modules
+from .weights import require_loadable
+
+log = logging.getLogger(__name__)
+
+# RoBERTa-style position ids start after the padding index, so two positions are unusable.
+_OFFSET_POSITION_MODELS = {"roberta", "xlm-roberta", "camembert", "data2vec-text", "xmod", "longformer"}
+
+
+@dataclass
+class LoadedModel:
+    """A model ready to run: the backbone produces hidden states, heads turn them into outputs."""
+
+    path: Path
+    config: PretrainedConfig
+    architecture: str
+    kind: ModelKind
+    tokenizer: transformers.PreTrainedTokenizerBase
+    backbone: nn.Module
+    heads: ClassifierHeads | None
+    mlm_head: nn.Module | None
+    projector: nn.Module | None
+    st: STModules
+    is_decoder: bool
+    max_model_len: int
+    vocab_size: int
+    device: torch.device
+    dtype: torch.dtype
+    fingerprint: str
+    accepts_token_type_ids: bool
+
+    @property
+    def num_labels(self) -> int:
+        return int(getattr(self.config, "num_labels", 0) or 0)
+
+    @property
+    def token_classifier(self) -> bool:
+        return is_token_classifier(self.architecture)
+
+
+def pick_device(device: str | torch.device) -> torch.device:
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def pick_dtype(dtype: str | torch.dtype, config: PretrainedConfig, device: torch.device) -> torch.dtype:
+    """float32 on CPU (exactness first); on CUDA the checkpoint's half precision if it has one."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype == "auto":
+        if device.type == "cuda":
+            stored = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+            if stored in (torch.float16, torch.bfloat16, "float16", "bfloat16"):
+                return getattr(torch, str(stored).removeprefix("torch."))
+        return torch.float32
+    names = {"float32": torch.float32, "float": torch.float32, "float16": torch.float16, "half": torch.float16, "bfloat16": torch.bfloat16}
+    if dtype not in names:
+        raise ValueError(f"dtype must be 'auto' or one of {sorted(names)}, got {dtype!r}")
+    return names[dtype]
+
+
+def _architecture(config: PretrainedConfig) -> str:
+    archs = getattr(config, "architectures", None) or []
+    return archs[0] if archs else f"{type(config).__name__.removesuffix('Config')}Model"
+
+
+def _is_decoder(config: PretrainedConfig) -> bool:
+    model_type = getattr(config, "model_type", "")
+    return model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+
+def _max_model_len(config: PretrainedConfig, st: STModules, tokenizer, requested: int | None) -> int:
+    limits = []
+    positions = getattr(config, "max_position_embeddings", None)
+    if positions:
+        if getattr(config, "model_type", "") in _OFFSET_POSITION_MODELS:
+            positions -= 2
+        limits.append(int(positions))
+    if st.max_seq_length:
+        limits.append(int(st.max_seq_length))
+    tok_max = getattr(tokenizer, "model_max_length", None)
+    if isinstance(tok_max, int) and 0 < tok_max < 1_000_000:
+        limits.append(tok_max)
+    limit = min(limits) if limits else 512
+    if requested is None:
+        return limit
+    if not isinstance(requested, int) or isinstance(requested, bool) or requested < 1:
+        raise ValueError(f"max_model_len must be a positive integer, got {requested!r}")
+    if positions and requested > positions:
+        raise ValueError(f"max_model_len={requested} exceeds the model's {positions} position embeddings")
+    return requested
+
+
+def _fingerprint(path: Path, config: PretrainedConfig) -> str:
+    """Identifies the weights and config (for result caches): config JSON plus weight file names
+    and sizes, cheap to compute and different for any two distinct checkpoints in practice."""
+    h = hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True, default=str).encode())
+    for f in sorted(path.rglob("*")):
+        if f.is_file() and f.suffix in (".safetensors", ".bin", ".json", ".txt"):
+            h.update(f"{f.relative_to(path)}:{f.stat().st_size}".encode())
+    return h.hexdigest()[:16]
+
+
+def _model_class(architecture: str, trust_remote_code: bool):
+    cls = getattr(transformers, architecture, None)
+    if cls is not None:
+        return cls
+    if trust_remote_code:
+        return transformers.AutoModelForSequenceClassification
+    raise ValueError(
+        f"architecture {architecture} is not part of transformers {transformers.__version__}; it needs the "
+        f"model's own code: pass trust_remote_code=True only if you trust that repository"
+    )
+
+
+def _load_module(cls, path: Path, *, use_safetensors: bool, trust_remote_code: bool) -> nn.Module:
+    kwargs = {"use_safetensors": use_safetensors}
+    if trust_remote_code:
+        kwargs["trust_remote_code"] = True
+    model, info = cls.from_pretrained(str(path), output_loading_info=True, **kwargs)
+    missing = [k for k in info.get("missing_keys", []) if "position_ids" not in k]
+    head_missing = [k for k in missing if k.split(".")[0] in ("score", "classifier", "cls", "lm_head")]
+    if head_missing:
+        raise ValueError(f"{path}: the checkpoint has no weights for the head ({', '.join(head_missing[:4])}); it cannot serve this task")
+    return model
+
+
+def load_model(
+    model: str,
+    *,
+    convert: str | None = None,
+    device: str | torch.device = "auto",
+    dtype: str | torch.dtype = "auto",
+    max_model_len: int | None = None,
+    trust_remote_code: bool = False,
+    allow_pickle: bool = False,
+) -> LoadedModel:
+    """Resolve ``model`` offline and load everything needed to pool with it."""
+    path = resolve_model_path(model)
+    try:
+        config = AutoConfig.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+    except ValueError as exc:
+        if "trust_remote_code" in str(exc):
+            raise ValueError(f"{path}: this model needs its own code; pass trust_remote_code=True only if you trust it") from exc
+        raise
+    architecture = _architecture(config)
+    kind = kind_from_architecture(architecture, convert)
+    use_safetensors = require_loadable(path, allow_pickle=allow_pickle)
+    st = read_st_modules(path)
+    tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+
+    heads: ClassifierHeads | None = None
+    mlm_head: nn.Module | None = None
+    load = dict(use_safetensors=use_safetensors, trust_remote_code=trust_remote_code)
+    if kind is ModelKind.CLASSIFY:
+        cls = _model_class(architecture, trust_remote_code)
+        if not is_classifier_architecture(architecture):
+            raise ValueError(f"convert='classify' needs a checkpoint with a classification head; {architecture} has none")
+        full = _load_module(cls, path, **load)
+        heads = classifier_heads(full)
+        backbone = full.base_model
+        keep: nn.Module = full
+    elif kind is ModelKind.SPLADE:
+        full = _load_module(AutoModelForMaskedLM, path, **load)
+        mlm_head = masked_lm_head(full)
+        backbone = full.base_model
+        keep = full
+    else:
+        backbone = _load_module(AutoModel, path, **load)
+        keep = backbone
+
+    dev = pick_device(device)
+    torch_dtype = pick_dtype(dtype, config, dev)
+    keep.to(device=dev, dtype=torch_dtype).eval()
+    projector = load_projector(st.dense_dirs, allow_pickle=allow_pickle)
+    if projector is not None:
+        projector.to(device=dev, dtype=torch_dtype).eval()
+
+    accepts_tt = "token_type_ids" in inspect.signature(backbone.forward).parameters and getattr(config, "type_vocab_size", 0) > 0
+    return LoadedModel(
+        path=path,
+        config=config,
+        architecture=architecture,
+        kind=kind,
+        tokenizer=tokenizer,
+        backbone=backbone,
+        heads=heads,
+        mlm_head=mlm_head,
+        projector=projector,
+        st=st,
+        is_decoder=_is_decoder(config),
+        max_model_len=_max_model_len(config, st, tokenizer, max_model_len),
+        vocab_size=int(backbone.get_input_embeddings().num_embeddings),
+        device=dev,
+        dtype=torch_dtype,
+        fingerprint=_fingerprint(path, config),
+        accepts_token_type_ids=accepts_tt,
+    )

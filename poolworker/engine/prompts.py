@@ -1,0 +1,149 @@
+"""Check prompts and turn them into token ids, with the model's truncation rules.
+
+Everything a caller can get wrong is caught here with a ``TypeError``/``ValueError`` naming the
+field, so nothing malformed ever reaches torch.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+Prompt = str | list[int]
+
+
+def _is_int(x: object) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _is_token_ids(x: object) -> bool:
+    return isinstance(x, (list, tuple)) and len(x) > 0 and all(_is_int(t) for t in x)
+
+
+def normalize_prompts(prompts: object, field: str = "prompts") -> list[Prompt]:
+    """``str | list[str] | list[int] | list[list[int]]`` → a list of prompts (text or ids)."""
+    if isinstance(prompts, str):
+        return [prompts]
+    if _is_token_ids(prompts):
+        return [list(prompts)]  # one prompt given as token ids
+    if not isinstance(prompts, (list, tuple)):
+        raise TypeError(f"{field} must be a str, a list of str, or token ids (list of int), got {type(prompts).__name__}")
+    out: list[Prompt] = []
+    for i, item in enumerate(prompts):
+        if isinstance(item, str):
+            out.append(item)
+        elif _is_token_ids(item):
+            out.append(list(item))
+        elif isinstance(item, (list, tuple)) and len(item) == 0:
+            raise ValueError(f"{field}[{i}] is an empty list of token ids")
+        else:
+            raise TypeError(f"{field}[{i}] must be a str or a list of int token ids, got {_describe(item)}")
+    return out
+
+
+def _describe(item: object) -> str:
+    if isinstance(item, (list, tuple)):
+        bad = next((x for x in item if not _is_int(x)), None)
+        return f"a list containing {type(bad).__name__} {bad!r:.40}"
+    return f"{type(item).__name__}"
+
+
+def check_token_ids(ids: Sequence[int], vocab_size: int, where: str) -> None:
+    bad = next((t for t in ids if not 0 <= t < vocab_size), None)
+    if bad is not None:
+        raise ValueError(f"{where}: token id {bad} is outside the vocabulary [0, {vocab_size})")
+
+
+@dataclass(frozen=True)
+class Truncation:
+    """A resolved truncation request: keep at most ``max_tokens`` (None = no truncation)."""
+
+    max_tokens: int | None
+    side: str
+
+
+def resolve_truncation(truncate_prompt_tokens: object, truncation_side: object, max_model_len: int, default_side: str) -> Truncation:
+    """Validate ``truncate_prompt_tokens`` (-1 = the model's maximum) and ``truncation_side``."""
+    side = default_side if truncation_side is None else truncation_side
+    if side not in ("left", "right"):
+        raise ValueError(f"truncation_side must be 'left' or 'right', got {truncation_side!r}")
+    if truncate_prompt_tokens is None:
+        return Truncation(None, side)
+    if not _is_int(truncate_prompt_tokens):
+        raise TypeError(f"truncate_prompt_tokens must be an int, got {type(truncate_prompt_tokens).__name__}")
+    if truncate_prompt_tokens == -1:
+        return Truncation(max_model_len, side)
+    if truncate_prompt_tokens < 1:
+        raise ValueError(f"truncate_prompt_tokens must be -1 (model maximum) or a positive int, got {truncate_prompt_tokens}")
+    if truncate_prompt_tokens > max_model_len:
+        raise ValueError(f"truncate_prompt_tokens={truncate_prompt_tokens} is larger than max_model_len={max_model_len}")
+    return Truncation(truncate_prompt_tokens, side)
+
+
+class PromptTokenizer:
+    """Tokenizes prompts for one model. Text gets the model's special tokens; token-id prompts
+    are used as given (checked against the vocabulary)."""
+
+    def __init__(self, tokenizer, *, vocab_size: int, lowercase: bool = False) -> None:
+        self.tokenizer = tokenizer
+        self.vocab_size = vocab_size
+        self.lowercase = lowercase
+        self._lock = threading.Lock()  # truncation_side is tokenizer state
+
+    @property
+    def default_side(self) -> str:
+        return getattr(self.tokenizer, "truncation_side", "right")
+
+    def _min_tokens(self, pair: bool) -> int:
+        return self.tokenizer.num_special_tokens_to_add(pair) + 1
+
+    def _call(self, first: list[str], second: list[str] | None, trunc: Truncation) -> dict:
+        if self.lowercase:
+            first = [t.lower() for t in first]
+            second = None if second is None else [t.lower() for t in second]
+        kwargs = {"truncation": trunc.max_tokens is not None, "verbose": False}
+        if trunc.max_tokens is not None:
+            if trunc.max_tokens < self._min_tokens(second is not None):
+                raise ValueError(
+                    f"truncate_prompt_tokens={trunc.max_tokens} leaves no room for text after the model's special tokens"
+                )
+            kwargs["max_length"] = trunc.max_tokens
+        with self._lock:
+            previous = self.tokenizer.truncation_side
+            self.tokenizer.truncation_side = trunc.side
+            try:
+                return self.tokenizer(first, second, **kwargs) if second is not None else self.tokenizer(first, **kwargs)
+            finally:
+                self.tokenizer.truncation_side = previous
+
+    def encode(self, prompts: list[Prompt], trunc: Truncation, field: str = "prompts") -> list[list[int]]:
+        """Token ids for each prompt, truncated as requested; empty results are errors."""
+        out: list[list[int] | None] = [None] * len(prompts)
+        text_idx = [i for i, p in enumerate(prompts) if isinstance(p, str)]
+        if text_idx:
+            encoded = self._call([prompts[i] for i in text_idx], None, trunc)["input_ids"]
+            for i, ids in zip(text_idx, encoded):
+                out[i] = list(ids)
+        for i, p in enumerate(prompts):
+            if isinstance(p, list):
+                check_token_ids(p, self.vocab_size, f"{field}[{i}]")
+                out[i] = _cut(p, trunc)
+        for i, ids in enumerate(out):
+            if not ids:
+                raise ValueError(f"{field}[{i}] has no tokens after tokenization")
+        return out  # type: ignore[return-value]
+
+    def encode_pairs(self, firsts: list[str], seconds: list[str], trunc: Truncation) -> tuple[list[list[int]], list[list[int]]]:
+        """Token ids and token type ids of text pairs (cross-encoder input)."""
+        encoded = self._call(firsts, seconds, trunc)
+        ids = [list(x) for x in encoded["input_ids"]]
+        types = [list(x) for x in encoded.get("token_type_ids", [[0] * len(x) for x in ids])]
+        return ids, types
+
+
+def _cut(ids: list[int], trunc: Truncation) -> list[int]:
+    n = trunc.max_tokens
+    if n is None or len(ids) <= n:
+        return list(ids)
+    return list(ids[:n]) if trunc.side == "right" else list(ids[-n:])
