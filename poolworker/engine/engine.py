@@ -110,6 +110,11 @@ class Engine:
             self._check_dimensions(cfg.dimensions)
         if cfg.pooling_type == "STEP" and "token_classify" not in self.supported_tasks:
             raise ValueError("pooling_type STEP needs a token classification head (token_classify)")
+        if cfg.returned_token_ids is not None and "token_classify" in self.supported_tasks:
+            labels = self.model.num_labels
+            bad = [t for t in cfg.returned_token_ids if not 0 <= t < labels]
+            if bad:
+                raise ValueError(f"returned_token_ids {bad} are outside the classifier's {labels} outputs")
         if cfg.seq_pooling_type and self.model.kind is ModelKind.SPLADE:
             raise ValueError("SPLADE models pool with max over tokens; pooling_type cannot change that")
 
@@ -203,6 +208,7 @@ class Engine:
         return ids
 
     # -- the core: ids → per-prompt tensors -------------------------------------------------------
+    @torch.inference_mode()
     def _run(self, task: str, ids: list[list[int]], params: HeadParams, use_tqdm: bool) -> list[torch.Tensor]:
         if not ids:
             return []
@@ -347,6 +353,7 @@ class Engine:
             results.append(RequestOutput(str(n), ScoringOutput(float(value)), ids[ia] + ids[ib]))
         return results
 
+    @torch.inference_mode()
     def _cross_encode(self, firsts: list[Prompt], seconds: list[Prompt], trunc: Truncation, params: HeadParams, use_tqdm: bool):
         if not all(isinstance(p, str) for p in firsts + seconds):
             raise TypeError("cross-encoder scoring takes text for text_1 and text_2, not token ids")

@@ -199,10 +199,10 @@ def load_model(
 
     dev = pick_device(device)
     torch_dtype = pick_dtype(dtype, config, dev)
-    keep.to(device=dev, dtype=torch_dtype).eval()
+    keep.to(device=dev, dtype=torch_dtype).eval().requires_grad_(False)
     projector = load_projector(st.dense_dirs, allow_pickle=allow_pickle)
     if projector is not None:
-        projector.to(device=dev, dtype=torch_dtype).eval()
+        projector.to(device=dev, dtype=torch_dtype).eval().requires_grad_(False)
 
     accepts_tt = "token_type_ids" in inspect.signature(backbone.forward).parameters and getattr(config, "type_vocab_size", 0) > 0
     return LoadedModel(

@@ -113,7 +113,7 @@ class PromptTokenizer:
             previous = self.tokenizer.truncation_side
             self.tokenizer.truncation_side = trunc.side
             try:
-                return self.tokenizer(first, second, **kwargs) if second is not None else self.tokenizer(first, **kwargs)
+                return self.tokenizer(first, second, **kwargs)
             finally:
                 self.tokenizer.truncation_side = previous
 
