@@ -207,6 +207,28 @@ class Engine:
         self._check_lengths(ids, task, field)
         return ids
 
+    def tokenize(
+        self,
+        prompts: str | Sequence[Prompt],
+        *,
+        pooling_task: str,
+        truncate_prompt_tokens: int | None = None,
+        truncation_side: str | None = None,
+    ) -> list[list[int]]:
+        """Token ids exactly as ``encode`` would feed them, checked and truncated. Callers that
+        tokenize ahead of the forward pass (the streaming worker) pass these back as prompts."""
+        self._require(pooling_task)
+        return self._tokenize(prompts, pooling_task, self._truncation(truncate_prompt_tokens, truncation_side))
+
+    def check_options(self, pooling_task: str, *, dimensions: object = None, use_activation: object = None) -> HeadParams:
+        """Validate per-request head options for ``pooling_task`` before any work is done."""
+        self._require(pooling_task)
+        self._check_flag(use_activation, "use_activation")
+        dims = self._check_dimensions(dimensions)
+        if dims is not None and pooling_task not in ("embed", "token_embed"):
+            raise ValueError(f"dimensions applies to embed and token_embed, not {pooling_task}")
+        return HeadParams(dims if dims is not None else self.pooler_config.dimensions, use_activation)
+
     # -- the core: ids → per-prompt tensors -------------------------------------------------------
     @torch.inference_mode()
     def _run(self, task: str, ids: list[list[int]], params: HeadParams, use_tqdm: bool) -> list[torch.Tensor]:
@@ -258,13 +280,9 @@ class Engine:
         """Raw pooled tensors for any supported task (vLLM's ``LLM.encode``): ``[dim]`` for
         sequence tasks, ``[num_tokens, dim]`` for token tasks (every prompt token)."""
         task = pooling_task or self.default_task
-        self._require(task)
-        self._check_flag(use_activation, "use_activation")
-        dims = self._check_dimensions(dimensions)
-        if dims is not None and task not in ("embed", "token_embed"):
-            raise ValueError(f"dimensions applies to embed and token_embed, not {task}")
-        ids = self._tokenize(prompts, task, self._truncation(truncate_prompt_tokens, truncation_side))
-        data = self._run(task, ids, HeadParams(dims if dims is not None else self.pooler_config.dimensions, use_activation), use_tqdm)
+        params = self.check_options(task, dimensions=dimensions, use_activation=use_activation)
+        ids = self.tokenize(prompts, pooling_task=task, truncate_prompt_tokens=truncate_prompt_tokens, truncation_side=truncation_side)
+        data = self._run(task, ids, params, use_tqdm)
         return [RequestOutput(str(i), PoolingOutput(d.cpu()), x) for i, (d, x) in enumerate(zip(data, ids))]
 
     def embed(

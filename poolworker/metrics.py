@@ -1,0 +1,262 @@
+"""Prometheus metrics and health probes for the worker.
+
+Every metric lives in a per-instance ``CollectorRegistry`` rather than prometheus-client's global
+one, so tests (and an embedding process) can build several ``Metrics`` without name clashes or
+shared state. ``MetricsServer`` serves ``/metrics``, ``/healthz`` and ``/readyz`` from a daemon
+thread so a stuck consumer loop cannot block a scrape — which is exactly when the probes matter.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client.exposition import choose_encoder
+
+__all__ = ["Metrics", "MetricsServer"]
+
+# Latency from 1 ms (a cache-served request) to 60 s (a large batch queued behind others).
+LATENCY_BUCKETS: tuple[float, ...] = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+)
+# Powers of two: batchers cap sizes at powers of two, so bucket edges land on the caps.
+BATCH_SIZE_BUCKETS: tuple[float, ...] = tuple(float(2**i) for i in range(0, 13))  # 1 .. 4096
+BATCH_TOKEN_BUCKETS: tuple[float, ...] = tuple(float(2**i) for i in range(4, 18))  # 16 .. 131072
+
+
+class Metrics:
+    """The worker's metrics plus the heartbeat/readiness state the probes report.
+
+    Methods are thin, typed wrappers so call sites name *what happened* and never touch
+    prometheus-client objects or label spellings directly. It also satisfies the cache's
+    ``CacheMetrics`` protocol (``hit``, ``miss``, ``error``).
+    """
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry: CollectorRegistry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+
+        self._requests = Counter(
+            "poolworker_requests", "Requests finished, by outcome (ok|error|dlq).",
+            ["model", "task", "status"], registry=r,
+        )
+        self._items = Counter(
+            "poolworker_items", "Input items (texts, pairs) processed.", ["model", "task"], registry=r,
+        )
+        self._tokens = Counter(
+            "poolworker_tokens", "Tokens run through the model.", ["model", "task"], registry=r,
+        )
+        self._dlq = Counter(
+            "poolworker_dlq", "Records sent to the dead-letter topic, by reason.", ["reason"], registry=r,
+        )
+        self._cache_hits = Counter("poolworker_cache_hits", "Result-cache hits.", registry=r)
+        self._cache_misses = Counter("poolworker_cache_misses", "Result-cache misses.", registry=r)
+        self._cache_errors = Counter(
+            "poolworker_cache_errors", "Result-cache operations that failed.", registry=r,
+        )
+
+        self._batch_size = Histogram(
+            "poolworker_batch_size", "Items per model batch.", ["model"],
+            buckets=BATCH_SIZE_BUCKETS, registry=r,
+        )
+        self._batch_tokens = Histogram(
+            "poolworker_batch_tokens", "Tokens per model batch.", ["model"],
+            buckets=BATCH_TOKEN_BUCKETS, registry=r,
+        )
+        self._queue_wait = Histogram(
+            "poolworker_queue_wait_seconds", "Time a request waited before its batch ran.",
+            buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self._inference = Histogram(
+            "poolworker_inference_seconds", "Model forward time per batch.", ["model"],
+            buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self._end_to_end = Histogram(
+            "poolworker_end_to_end_seconds",
+            "Kafka record timestamp to result acknowledgement.", ["model", "task"],
+            buckets=LATENCY_BUCKETS, registry=r,
+        )
+
+        self._lag = Gauge(
+            "poolworker_consumer_lag", "Records behind the partition's high watermark.",
+            ["topic", "partition"], registry=r,
+        )
+        self._inflight = Gauge("poolworker_inflight_requests", "Requests accepted, not yet acked.", registry=r)
+        self._paused = Gauge(
+            "poolworker_paused_partitions", "Partitions paused for backpressure.", registry=r,
+        )
+        self._cache_up = Gauge("poolworker_cache_up", "1 when the result cache is reachable.", registry=r)
+        # Info appends ``_info``: exposed as ``poolworker_build_info{...} 1``.
+        self._build = Info("poolworker_build", "Build and deployment details.", registry=r)
+
+        # Health state. Monotonic so wall-clock jumps (NTP) cannot fake a stall or hide one.
+        self._lock = threading.Lock()
+        self._last_heartbeat: float | None = None
+        self._ready = False
+
+    # -- counters --------------------------------------------------------------------------
+    def request(self, model: str, task: str, status: str) -> None:
+        self._requests.labels(model, task, status).inc()
+
+    def items(self, model: str, task: str, n: int) -> None:
+        self._items.labels(model, task).inc(n)
+
+    def tokens(self, model: str, task: str, n: int) -> None:
+        self._tokens.labels(model, task).inc(n)
+
+    def dlq(self, reason: str) -> None:
+        self._dlq.labels(reason).inc()
+
+    # -- cache (CacheMetrics protocol) -----------------------------------------------------
+    def hit(self, n: int) -> None:
+        self._cache_hits.inc(n)
+
+    def miss(self, n: int) -> None:
+        self._cache_misses.inc(n)
+
+    def error(self) -> None:
+        self._cache_errors.inc()
+
+    # -- histograms ------------------------------------------------------------------------
+    def batch(self, model: str, size: int, tokens: int) -> None:
+        self._batch_size.labels(model).observe(size)
+        self._batch_tokens.labels(model).observe(tokens)
+
+    def queue_wait(self, seconds: float) -> None:
+        self._queue_wait.observe(seconds)
+
+    def inference(self, model: str, seconds: float) -> None:
+        self._inference.labels(model).observe(seconds)
+
+    def end_to_end(self, model: str, task: str, seconds: float) -> None:
+        self._end_to_end.labels(model, task).observe(seconds)
+
+    # -- gauges ----------------------------------------------------------------------------
+    def lag(self, topic: str, partition: int, value: int) -> None:
+        self._lag.labels(topic, str(partition)).set(value)
+
+    def forget_partition(self, topic: str, partition: int) -> None:
+        """Drop a revoked partition's lag series, so a stale value does not linger (and alert)."""
+        try:
+            self._lag.remove(topic, str(partition))
+        except KeyError:  # older prometheus-client raises for an unknown series; newer ignores it
+            pass
+
+    def inflight(self, n: int) -> None:
+        self._inflight.set(n)
+
+    def paused(self, n: int) -> None:
+        self._paused.set(n)
+
+    def cache_up(self, up: bool) -> None:
+        self._cache_up.set(1 if up else 0)
+
+    def info(self, **labels: str) -> None:
+        self._build.info({k: str(v) for k, v in labels.items()})
+
+    # -- health ----------------------------------------------------------------------------
+    def heartbeat(self) -> None:
+        with self._lock:
+            self._last_heartbeat = time.monotonic()
+
+    def set_ready(self, ready: bool) -> None:
+        with self._lock:
+            self._ready = ready
+
+    def liveness(self, max_silence_s: float = 60.0) -> tuple[bool, str]:
+        """Alive unless the loop went quiet for ``max_silence_s`` after its first heartbeat.
+
+        Before the first heartbeat the worker counts as alive: loading a model can take minutes,
+        and a liveness failure then would only get the pod restarted into the same slow load.
+        """
+        with self._lock:
+            last = self._last_heartbeat
+        if last is None:
+            return True, "starting: no heartbeat yet"
+        silence = time.monotonic() - last
+        if silence > max_silence_s:
+            return False, f"no heartbeat for {silence:.1f}s (limit {max_silence_s:g}s)"
+        return True, "ok"
+
+    def readiness(self) -> tuple[bool, str]:
+        with self._lock:
+            ready = self._ready
+        return (True, "ready") if ready else (False, "not ready")
+
+
+class MetricsServer:
+    """Serves ``/metrics``, ``/healthz`` and ``/readyz`` for one ``Metrics`` on a daemon thread."""
+
+    def __init__(
+        self, metrics: Metrics, host: str = "0.0.0.0", port: int = 9400, max_silence_s: float = 60.0,
+    ) -> None:
+        self.metrics = metrics
+        self.host = host
+        self.port = port
+        self.max_silence_s = max_silence_s
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> int:
+        """Bind and serve in the background; returns the bound port (useful with ``port=0``)."""
+        if self._server is not None:
+            raise RuntimeError("MetricsServer already started")
+        server = ThreadingHTTPServer((self.host, self.port), self._handler_class())
+        server.daemon_threads = True  # a hung scrape must not keep the process from exiting
+        self._server = server
+        self._thread = threading.Thread(
+            target=server.serve_forever, name="poolworker-metrics", daemon=True,
+        )
+        self._thread.start()
+        return int(server.server_address[1])
+
+    def stop(self) -> None:
+        """Stop serving and release the port; safe to call twice or before ``start``."""
+        server, thread = self._server, self._thread
+        self._server = self._thread = None
+        if server is None:
+            return
+        server.shutdown()
+        server.server_close()
+        if thread is not None:
+            thread.join(timeout=5.0)
+
+    def _handler_class(self) -> type[BaseHTTPRequestHandler]:
+        """A handler class bound to this server's metrics (http.server instantiates per request)."""
+        metrics, max_silence_s = self.metrics, self.max_silence_s
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+                path = self.path.split("?", 1)[0]
+                if path == "/metrics":
+                    # choose_encoder honours Prometheus' Accept header (OpenMetrics when asked),
+                    # and gives the classic text format (CONTENT_TYPE_LATEST) otherwise.
+                    encode, content_type = choose_encoder(self.headers.get("Accept", ""))
+                    self._reply(HTTPStatus.OK, encode(metrics.registry), content_type)
+                elif path == "/healthz":
+                    self._probe(*metrics.liveness(max_silence_s))
+                elif path == "/readyz":
+                    self._probe(*metrics.readiness())
+                else:
+                    self._reply(HTTPStatus.NOT_FOUND, b"not found\n")
+
+            def _probe(self, ok: bool, reason: str) -> None:
+                body = b"ok\n" if ok else f"{reason}\n".encode()
+                self._reply(HTTPStatus.OK if ok else HTTPStatus.SERVICE_UNAVAILABLE, body)
+
+            def _reply(
+                self, status: HTTPStatus, body: bytes, content_type: str = "text/plain; charset=utf-8",
+            ) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+                """Silenced: probes hit every few seconds and would flood stderr."""
+
+        return Handler
