@@ -1,0 +1,1 @@
+"""Kafka side of the worker: the consumer loop, result/DLQ producer, commits and rebalances."""
