@@ -15,15 +15,9 @@ from typing import Any, ClassVar
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from .cache import redact_url
+
 SECRET_WORDS = ("password", "secret", "token", "sasl_oauth", "ssl_key", "private")
-_URL_SECRET = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:/@]*):(?P<pw>[^@/]*)@", re.I)
-
-
-def redact_url(url: str | None) -> str | None:
-    """``redis://user:secret@host`` → ``redis://user:***@host``."""
-    if url is None:
-        return None
-    return _URL_SECRET.sub(lambda m: f"{m['scheme']}{m['user']}:***@", url)
 
 
 def is_secret_key(key: str) -> bool:
@@ -149,7 +143,7 @@ class WorkerSettings(BaseSettings):
     def redacted(self) -> dict[str, Any]:
         """The settings as safe to log and print."""
         data = self.model_dump()
-        data["redis_url"] = redact_url(self.redis_url)
+        data["redis_url"] = redact_url(self.redis_url) if self.redis_url else None
         data["kafka_options"] = {k: ("***" if is_secret_key(k) else v) for k, v in self.kafka_options.items()}
         data["bootstrap_servers"] = redact_url(self.bootstrap_servers)
         return data
