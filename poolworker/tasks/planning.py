@@ -1,0 +1,73 @@
+"""``plan``: a validated request → the engine work it needs, as items.
+
+Shape checks already happened in ``PoolingRequest``; what is left here are the rules that need
+two fields at once (score pairing) and the mapping of vLLM task names to engine calls.
+"""
+
+from __future__ import annotations
+
+from poolworker.protocol import ErrorInfo, InvalidRequest, PoolingRequest
+
+from .items import Item, Plan, Scalar
+
+# The pooling task behind each encode-style task; "pooling" takes its own from the request.
+_ENCODE_TASKS = {
+    "embed": "embed",
+    "classify": "classify",
+    "token_embed": "token_embed",
+    "token_classify": "token_classify",
+    "reward": "token_classify",
+}
+
+# Options that change an item's output, per engine call: they scope batching and the cache.
+_ENCODE_OPTIONS = ("dimensions", "truncate_prompt_tokens", "truncation_side", "use_activation")
+_SCORE_OPTIONS = ("truncate_prompt_tokens", "use_activation")
+
+
+def _options(request: PoolingRequest, names: tuple[str, ...]) -> tuple[tuple[str, Scalar], ...]:
+    return tuple(sorted((name, getattr(request, name)) for name in names))
+
+
+def _prompt_items(prompts: str | list) -> tuple[Item, ...]:
+    """vLLM's prompt forms: a text, texts, one token-id list, or several."""
+    if isinstance(prompts, str):
+        return (Item(prompts),)
+    if prompts and isinstance(prompts[0], int):
+        return (Item(tuple(prompts)),)
+    return tuple(Item(p if isinstance(p, str) else tuple(p)) for p in prompts)
+
+
+def _as_list(texts: str | list[str]) -> list[str]:
+    return [texts] if isinstance(texts, str) else list(texts)
+
+
+def score_pairs(request: PoolingRequest) -> list[tuple[str, str]]:
+    """The (first, second) text pairs of a score or rerank request.
+
+    One first text is scored against every second text (1-vs-N); equal-length lists are zipped
+    (N-vs-N); anything else is ambiguous and an error naming ``text_2``.
+    """
+    if request.task == "rerank":
+        return [(request.query, doc) for doc in request.documents]  # type: ignore[union-attr, misc]
+    firsts, seconds = _as_list(request.text_1), _as_list(request.text_2)  # type: ignore[arg-type]
+    if len(firsts) == 1:
+        return [(firsts[0], s) for s in seconds]
+    if len(firsts) != len(seconds):
+        raise InvalidRequest.for_request(
+            request,
+            ErrorInfo(
+                type="invalid_request",
+                message=f"text_1 has {len(firsts)} items and text_2 has {len(seconds)}: give one text_1, or as many as text_2",
+                param="text_2",
+            ),
+        )
+    return list(zip(firsts, seconds))
+
+
+def plan(request: PoolingRequest) -> Plan:
+    """The engine work for ``request``; raises ``InvalidRequest`` for semantic errors."""
+    if request.task in ("score", "rerank"):
+        items = tuple(Item(first, second) for first, second in score_pairs(request))
+        return Plan("score", None, _options(request, _SCORE_OPTIONS), items)
+    pooling_task = request.pooling_task if request.task == "pooling" else _ENCODE_TASKS[request.task]
+    return Plan("encode", pooling_task, _options(request, _ENCODE_OPTIONS), _prompt_items(request.input))  # type: ignore[arg-type]

@@ -1,0 +1,325 @@
+"""plan → engine → assemble for every task, checked against the engine's own methods on the
+bundled all-MiniLM-L6-v2 (and a seeded classifier built on its weights)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import struct
+from dataclasses import replace
+
+import pytest
+
+from poolworker import Engine
+from poolworker.protocol import InvalidRequest, PoolingRequest, parse_request
+from poolworker.tasks import (
+    Item,
+    ItemResult,
+    Plan,
+    assemble,
+    float32_base64,
+    plan,
+    run_plan,
+)
+
+DOCS = [
+    "Kafka partitions spread load over consumers.",
+    "Bananas are rich in potassium.",
+    "Consumer groups rebalance when members join or leave.",
+    "The offset is committed after the result is acknowledged.",
+]
+QUERY = "How do consumer groups scale?"
+
+
+@pytest.fixture(scope="module")
+def engine() -> Engine:
+    return Engine("all-MiniLM-L6-v2")
+
+
+def request(**body) -> PoolingRequest:
+    return parse_request(json.dumps({"request_id": "t-1", **body}).encode())
+
+
+def respond(engine: Engine, req: PoolingRequest) -> tuple[dict, list[ItemResult]]:
+    work = plan(req)
+    results = run_plan(engine, work)
+    return assemble(req, work, results, model=engine.model_name), results
+
+
+def decode_f32(text: str) -> list[float]:
+    raw = base64.b64decode(text, validate=True)
+    return list(struct.unpack(f"<{len(raw) // 4}f", raw))
+
+
+def close(a: list[float], b: list[float], tol: float = 1e-6) -> bool:
+    return len(a) == len(b) and all(abs(x - y) <= tol for x, y in zip(a, b))
+
+
+# ------------------------------------------------------------------------------------------------
+# plan
+# ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "given, items",
+    [
+        ("one text", (Item("one text"),)),
+        (["a", "b", "a"], (Item("a"), Item("b"), Item("a"))),
+        ([101, 7592, 102], (Item((101, 7592, 102)),)),
+        ([[101, 102], [101, 7592, 102]], (Item((101, 102)), Item((101, 7592, 102)))),
+    ],
+    ids=["str", "list-of-str", "token-ids", "list-of-token-ids"],
+)
+def test_embed_items_follow_the_prompt_forms(given, items):
+    assert plan(request(task="embed", input=given)).items == items
+
+
+def test_encode_plan_carries_every_output_changing_option_sorted():
+    work = plan(request(task="embed", input="x", dimensions=64, truncation_side="left", encoding_format="base64"))
+    assert work.engine_call == "encode" and work.pooling_task == "embed"
+    assert work.options == (("dimensions", 64), ("truncate_prompt_tokens", None), ("truncation_side", "left"), ("use_activation", None))
+    # encoding_format changes the body, not the engine's output: same group, same cache scope
+    assert plan(request(task="embed", input="y", dimensions=64, truncation_side="left")).group_key() == work.group_key()
+    assert plan(request(task="embed", input="y", dimensions=32, truncation_side="left")).group_key() != work.group_key()
+
+
+@pytest.mark.parametrize(
+    "body, pooling_task",
+    [
+        ({"task": "classify"}, "classify"),
+        ({"task": "token_embed"}, "token_embed"),
+        ({"task": "token_classify"}, "token_classify"),
+        ({"task": "reward"}, "token_classify"),
+        ({"task": "pooling", "pooling_task": "token_embed"}, "token_embed"),
+        ({"task": "pooling"}, None),
+    ],
+)
+def test_pooling_task_per_task(body, pooling_task):
+    work = plan(request(input="x", **body))
+    assert (work.engine_call, work.pooling_task) == ("encode", pooling_task)
+
+
+def test_score_pairs_one_vs_n_and_n_vs_n():
+    work = plan(request(task="score", text_1="q", text_2=["a", "b"], use_activation=False))
+    assert work.engine_call == "score" and work.pooling_task is None
+    assert work.items == (Item("q", "a"), Item("q", "b"))
+    assert work.options == (("truncate_prompt_tokens", None), ("use_activation", False))
+    assert plan(request(task="score", text_1=["q"], text_2="a")).items == (Item("q", "a"),)
+    assert plan(request(task="score", queries=["q1", "q2"], documents=["a", "b"])).items == (Item("q1", "a"), Item("q2", "b"))
+
+
+def test_score_with_mismatched_lengths_is_an_invalid_request():
+    req = request(task="score", text_1=["q1", "q2"], text_2=["a", "b", "c"], metadata={"k": 1}, reply_to="r.t")
+    with pytest.raises(InvalidRequest) as info:
+        plan(req)
+    err = info.value
+    assert (err.error.type, err.error.param) == ("invalid_request", "text_2")
+    assert (err.request_id, err.task, err.metadata, err.reply_to) == ("t-1", "score", {"k": 1}, "r.t")
+
+
+def test_rerank_plans_a_pair_per_document():
+    work = plan(request(task="rerank", query=QUERY, documents=DOCS, top_n=2))
+    assert work.engine_call == "score"
+    assert work.items == tuple(Item(QUERY, d) for d in DOCS)
+
+
+def test_items_and_plans_are_hashable_cache_keys():
+    items = [Item("12"), Item((12,)), Item("1", "2"), Item("12", ""), Item(("1", "2"))]  # type: ignore[arg-type]
+    payloads = [json.dumps(i.key_payload(), sort_keys=True) for i in items]
+    assert len(set(payloads)) == len(items)  # text, ids and pairs never collide
+    assert len(set(items)) == len(items)
+    assert json.loads(json.dumps(Item((1, 2)).key_payload())) == {"ids": [1, 2]}
+    work = plan(request(task="embed", input=["a", "b"]))
+    assert hash(work) == hash(plan(request(task="embed", input=["a", "b"])))
+
+
+# ------------------------------------------------------------------------------------------------
+# embed
+# ------------------------------------------------------------------------------------------------
+def test_embed_body_equals_engine_embed(engine):
+    inputs = DOCS[:3]
+    body, results = respond(engine, request(task="embed", input=inputs))
+    expected = engine.embed(inputs, use_tqdm=False)
+    assert body["object"] == "list" and body["model"] == engine.model_name
+    assert [d["index"] for d in body["data"]] == [0, 1, 2]
+    assert all(d["object"] == "embedding" for d in body["data"])
+    for got, want in zip(body["data"], expected):
+        assert got["embedding"] == want.outputs.embedding
+    tokens = sum(o.num_prompt_tokens for o in expected)
+    assert body["usage"] == {"prompt_tokens": tokens, "total_tokens": tokens}
+    assert tokens == sum(r.num_tokens for r in results)
+
+
+def test_embed_options_reach_the_engine(engine):
+    ids = [[101, 7592, 2088, 102], [101, 2088, 7592, 2088, 102]]
+    body, _ = respond(engine, request(task="embed", input=ids, dimensions=64, truncate_prompt_tokens=3))
+    expected = engine.embed(ids, dimensions=64, truncate_prompt_tokens=3, use_tqdm=False)
+    assert [len(d["embedding"]) for d in body["data"]] == [64, 64]
+    assert [d["embedding"] for d in body["data"]] == [o.outputs.embedding for o in expected]
+    assert body["usage"]["prompt_tokens"] == 6  # both truncated to 3 tokens
+
+
+def test_embed_base64_decodes_to_the_float32_values(engine):
+    body, _ = respond(engine, request(task="embed", input=DOCS[:2], encoding_format="base64"))
+    expected = engine.embed(DOCS[:2], use_tqdm=False)
+    for got, want in zip(body["data"], expected):
+        assert isinstance(got["embedding"], str)
+        assert decode_f32(got["embedding"]) == [struct.unpack("<f", struct.pack("<f", x))[0] for x in want.outputs.embedding]
+
+
+def test_float32_base64_is_little_endian_and_flattens_rows():
+    assert base64.b64decode(float32_base64([1.0, -2.0])) == bytes.fromhex("0000803f000000c0")
+    assert decode_f32(float32_base64([[1.0, 2.0], [3.0, 4.5]])) == [1.0, 2.0, 3.0, 4.5]
+    assert decode_f32(float32_base64(0.25)) == [0.25]
+
+
+# ------------------------------------------------------------------------------------------------
+# token tasks and pooling
+# ------------------------------------------------------------------------------------------------
+def test_token_embed_body_equals_engine_encode(engine):
+    body, results = respond(engine, request(task="token_embed", input=DOCS[:2]))
+    expected = engine.encode(DOCS[:2], pooling_task="token_embed", use_tqdm=False)
+    for got, want in zip(body["data"], expected):
+        assert got["object"] == "pooling"
+        assert got["data"] == want.outputs.data.tolist()
+        assert len(got["data"]) == want.num_prompt_tokens  # one row per token
+    assert body["usage"]["prompt_tokens"] == sum(r.num_tokens for r in results) == sum(o.num_prompt_tokens for o in expected)
+
+
+def test_token_embed_base64_is_the_flattened_matrix(engine):
+    body, _ = respond(engine, request(task="token_embed", input=DOCS[0], encoding_format="base64"))
+    matrix = engine.encode(DOCS[0], pooling_task="token_embed", use_tqdm=False)[0].outputs.data.tolist()
+    flat = [x for row in matrix for x in row]
+    assert close(decode_f32(body["data"][0]["data"]), flat)
+
+
+def test_pooling_without_a_pooling_task_uses_the_model_default(engine):
+    work = plan(request(task="pooling", input=[DOCS[1]]))
+    results = run_plan(engine, work)
+    body = assemble(request(task="pooling", input=[DOCS[1]]), work, results, model="m")
+    assert engine.default_task == "embed"
+    assert body["data"][0]["data"] == engine.embed([DOCS[1]], use_tqdm=False)[0].outputs.embedding
+
+
+@pytest.mark.parametrize("task", ["token_classify", "reward"])
+def test_token_classify_bodies_are_matrices(task):
+    req = request(task=task, input=["a", "b"])
+    work = plan(req)
+    results = [ItemResult([[0.9, 0.1], [0.2, 0.8], [0.5, 0.5]], 3), ItemResult([[1.0, 0.0]], 1)]
+    body = assemble(req, work, results, model="m")
+    assert body["data"] == [
+        {"object": "pooling", "index": 0, "data": results[0].data},
+        {"object": "pooling", "index": 1, "data": results[1].data},
+    ]
+    assert body["usage"] == {"prompt_tokens": 4, "total_tokens": 4}
+
+
+# ------------------------------------------------------------------------------------------------
+# classify
+# ------------------------------------------------------------------------------------------------
+def test_classify_body_matches_engine_classify(Engine, seq_cls_path):
+    classifier = Engine(str(seq_cls_path))
+    req = request(task="classify", input=DOCS)
+    work = plan(req)
+    id2label = classifier.model.config.id2label
+    body = assemble(req, work, run_plan(classifier, work), model="cls", id2label=id2label)
+    expected = classifier.classify(DOCS, use_tqdm=False)
+    assert [d["index"] for d in body["data"]] == list(range(len(DOCS)))
+    for got, want in zip(body["data"], expected):
+        assert got["probs"] == want.outputs.probs
+        assert got["label"] == want.outputs.label
+        assert got["num_classes"] == 3
+        assert got["label"] == id2label[max(range(3), key=got["probs"].__getitem__)]
+    assert body["usage"]["prompt_tokens"] == sum(o.num_prompt_tokens for o in expected)
+
+
+def test_classify_label_falls_back_to_the_class_index():
+    req = request(task="classify", input=["a", "b"])
+    results = [ItemResult([0.1, 0.7, 0.2], 5), ItemResult([0.6, 0.3, 0.1], 2)]
+    body = assemble(req, plan(req), results, model="m")
+    assert [(d["label"], d["num_classes"]) for d in body["data"]] == [("1", 3), ("0", 3)]
+    body = assemble(req, plan(req), results, model="m", id2label={0: "neg"})
+    assert [d["label"] for d in body["data"]] == ["1", "neg"]
+    assert body["usage"] == {"prompt_tokens": 7, "total_tokens": 7}
+
+
+# ------------------------------------------------------------------------------------------------
+# score and rerank
+# ------------------------------------------------------------------------------------------------
+def test_score_body_equals_engine_score(engine):
+    body, results = respond(engine, request(task="score", text_1=QUERY, text_2=DOCS))
+    expected = engine.score(QUERY, DOCS, use_tqdm=False)
+    assert body["data"] == [{"object": "score", "index": i, "score": o.outputs.score} for i, o in enumerate(expected)]
+    assert body["usage"]["prompt_tokens"] == sum(o.num_prompt_tokens for o in expected) == sum(r.num_tokens for r in results)
+
+
+def test_score_n_vs_n_scores_each_pair(engine):
+    firsts, seconds = DOCS[:2], DOCS[2:]
+    body, _ = respond(engine, request(task="score", text_1=firsts, text_2=seconds))
+    for i, (a, b) in enumerate(zip(firsts, seconds)):
+        assert math.isclose(body["data"][i]["score"], engine.score(a, b, use_tqdm=False)[0].outputs.score, abs_tol=1e-6)
+
+
+SCORES = [0.2, 0.9, -0.5, 0.9, 0.4]
+
+
+def expected_ranking(scores: list[float], top_n: int | None) -> list[int]:
+    """Best first; equal scores keep document order."""
+    ranked: list[int] = []
+    for i, s in enumerate(scores):
+        at = next((k for k, j in enumerate(ranked) if scores[j] < s), len(ranked))
+        ranked.insert(at, i)
+    return ranked[:top_n]
+
+
+@pytest.mark.parametrize("top_n", [None, 1, 3, 5])
+@pytest.mark.parametrize("return_documents", [True, False])
+def test_rerank_sorts_cuts_and_echoes(top_n, return_documents):
+    docs = [f"doc {i}" for i in range(len(SCORES))]
+    req = request(task="rerank", query="q", documents=docs, top_n=top_n, return_documents=return_documents)
+    work = plan(req)
+    results = [ItemResult(s, 10 + i) for i, s in enumerate(SCORES)]
+    body = assemble(req, work, results, model="m")
+    order = expected_ranking(SCORES, top_n)
+    assert [r["index"] for r in body["results"]] == order
+    assert [r["relevance_score"] for r in body["results"]] == [SCORES[i] for i in order]
+    for r in body["results"]:
+        if return_documents:
+            assert r["document"] == {"text": docs[r["index"]]}
+        else:
+            assert "document" not in r
+    # usage counts every scored pair, not only the returned ones
+    assert body["usage"] == {"prompt_tokens": sum(10 + i for i in range(5)), "total_tokens": sum(10 + i for i in range(5))}
+
+
+def test_rerank_body_matches_engine_rerank(engine):
+    body, _ = respond(engine, request(task="rerank", query=QUERY, documents=DOCS, top_n=3))
+    expected = engine.rerank(QUERY, DOCS, top_n=3, use_tqdm=False)
+    assert [(r["index"], r["document"]["text"]) for r in body["results"]] == [(e.index, e.document) for e in expected]
+    for got, want in zip(body["results"], expected):
+        assert math.isclose(got["relevance_score"], want.relevance_score, abs_tol=1e-6)
+    scores = [r["relevance_score"] for r in body["results"]]
+    assert scores == sorted(scores, reverse=True)
+
+
+# ------------------------------------------------------------------------------------------------
+# run_plan / assemble contracts
+# ------------------------------------------------------------------------------------------------
+def test_run_plan_on_a_subset_of_items_matches_the_full_run(engine):
+    work = plan(request(task="embed", input=DOCS))
+    full = run_plan(engine, work)
+    part = run_plan(engine, replace(work, items=work.items[2:]))
+    assert [r.data for r in part] == [r.data for r in full[2:]]
+    assert run_plan(engine, replace(work, items=())) == []
+
+
+def test_assemble_refuses_a_result_count_mismatch():
+    req = request(task="embed", input=["a", "b"])
+    with pytest.raises(ValueError):
+        assemble(req, plan(req), [ItemResult([0.0], 1)], model="m")
+
+
+def test_plan_is_a_frozen_value():
+    work = plan(request(task="embed", input="x"))
+    assert isinstance(work, Plan)
+    with pytest.raises(AttributeError):
+        work.items = ()  # type: ignore[misc]
