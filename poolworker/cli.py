@@ -1,13 +1,17 @@
-"""Command line: ``poolworker models`` describes a model; ``poolworker dev`` runs the embedded demo."""
+"""Command line: ``poolworker run | dev | submit | models``."""
 
 from __future__ import annotations
 
 import json
+import logging
+import sys
+import threading
 import time
 from pathlib import Path
 from typing import Annotated
 
 import typer
+from tqdm.auto import tqdm
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Serve pooling models from streams.")
 
@@ -49,33 +53,147 @@ def _demo_texts(limit: int) -> list[str]:
     if DEMO_CORPUS.is_file():
         with DEMO_CORPUS.open(encoding="utf-8") as f:
             return [json.loads(line)["text"] for line, _ in zip(f, range(limit))]
-    return _FALLBACK_DOCS * (limit // len(_FALLBACK_DOCS))
+    return (_FALLBACK_DOCS * (limit // len(_FALLBACK_DOCS) + 1))[:limit]
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+@app.command()
+def run(
+    bootstrap_servers: Annotated[str | None, typer.Option(help="Kafka bootstrap servers (host:port,...).")] = None,
+    model: Annotated[list[str] | None, typer.Option("--model", help="NAME=PATH, or a path/bundled name; repeatable.")] = None,
+    requests_topic: Annotated[str | None, typer.Option(help="Topic to consume requests from.")] = None,
+    results_topic: Annotated[str | None, typer.Option(help="Topic to publish results to.")] = None,
+    dlq_topic: Annotated[str | None, typer.Option(help="Topic for unparseable messages.")] = None,
+    group_id: Annotated[str | None, typer.Option(help="Kafka consumer group.")] = None,
+    partitions: Annotated[int | None, typer.Option(help="Partitions of topics created at start.")] = None,
+    redis_url: Annotated[str | None, typer.Option(help="Redis URL for the result cache, or 'none'.")] = None,
+    metrics_port: Annotated[int | None, typer.Option(help="Port of /metrics, /healthz, /readyz (0: any).")] = None,
+    kafka_option: Annotated[list[str] | None, typer.Option("--kafka-option", help="KEY=VALUE for kafka-python; repeatable.")] = None,
+    max_batch_tokens: Annotated[int | None, typer.Option(help="Token budget of one micro-batch.")] = None,
+    max_batch_requests: Annotated[int | None, typer.Option(help="Requests in one micro-batch at most.")] = None,
+    max_wait_ms: Annotated[int | None, typer.Option(help="How long a batch waits to fill.")] = None,
+    max_inflight_requests: Annotated[int | None, typer.Option(help="Pause consuming above this many unfinished requests.")] = None,
+    allowed_reply_topics: Annotated[str | None, typer.Option(help="Regex of topics reply_to may name.")] = None,
+    config: Annotated[Path | None, typer.Option(help="TOML or JSON settings file.")] = None,
+    log_level: Annotated[str, typer.Option(help="Logging level.")] = "INFO",
+) -> None:
+    """Consume pooling requests from Kafka and publish results (flags > POOLWORKER_* env > --config)."""
+    from .config import WorkerSettings, parse_key_values
+    from .worker import serve
+
+    _setup_logging(log_level)
+    try:
+        settings = WorkerSettings.load(
+            config, bootstrap_servers=bootstrap_servers, models=model or None, requests_topic=requests_topic,
+            results_topic=results_topic, dlq_topic=dlq_topic, group_id=group_id, partitions=partitions,
+            redis_url=redis_url, metrics_port=metrics_port,
+            kafka_options=parse_key_values(kafka_option, "--kafka-option") if kafka_option else None,
+            max_batch_tokens=max_batch_tokens, max_batch_requests=max_batch_requests, max_wait_ms=max_wait_ms,
+            max_inflight_requests=max_inflight_requests, allowed_reply_topics=allowed_reply_topics,
+        )
+        serve(settings)
+    except (ValueError, TypeError, FileNotFoundError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
 
 
 @app.command()
 def dev(
     model: Annotated[str, typer.Option(help="Model to serve.")] = "all-MiniLM-L6-v2",
-    documents: Annotated[int, typer.Option(help="Demo documents to embed.")] = 1000,
+    documents: Annotated[int, typer.Option(help="Demo documents to stream through the worker.")] = 1000,
+    port: Annotated[int, typer.Option(help="Port of the local broker (0: any free port).")] = 0,
+    redis_url: Annotated[str, typer.Option(help="Redis for the cache; the in-process cache when it does not answer.")] = "redis://127.0.0.1:6379/0",
+    exit_after_demo: Annotated[bool, typer.Option(help="Stop after the demo instead of serving on.")] = False,
 ) -> None:
-    """Embedded defaults: the bundled model over a demo document set, with throughput.
+    """Embedded defaults: a local Tansu broker, Redis or an in-process cache, the bundled model;
+    streams demo documents through the worker, prints results and throughput, then keeps serving."""
+    from .broker import start_local_broker
+    from .client import PoolClient
+    from .config import WorkerSettings
+    from .worker import Worker
 
-    The Kafka worker (``poolworker run``) is not built yet; until it is, this runs the engine
-    offline so ``make run`` shows the model working end to end."""
-    from poolworker import Engine
+    _setup_logging("WARNING")
+    broker = start_local_broker(port or None)
+    settings = WorkerSettings.load(None, bootstrap_servers=broker.bootstrap_servers, models=[model], redis_url=redis_url,
+                                   metrics_port=0, session_timeout_ms=4000, heartbeat_interval_ms=500)
+    typer.echo(f"broker (Tansu) on {broker.bootstrap_servers}; loading {model} ...")
+    worker = Worker(settings, dev=True)
+    stop = threading.Event()
+    thread = threading.Thread(target=worker.run, args=(stop,), name="poolworker-dev", daemon=True)
+    thread.start()
+    try:
+        texts = _demo_texts(documents)
+        with PoolClient(broker.bootstrap_servers, model=model) as client:
+            start = time.perf_counter()
+            futures = [client.submit({"task": "embed", "input": t, "truncate_prompt_tokens": -1}, key=str(i)) for i, t in enumerate(texts)]
+            client.flush()
+            results = [f.result(300) for f in tqdm(futures, desc="demo documents", unit="doc")]
+            elapsed = time.perf_counter() - start
+        tokens = sum(r.get("usage", {}).get("prompt_tokens", 0) for r in results)
+        errors = sum(1 for r in results if r.get("error"))
+        for text, r in list(zip(texts, results))[:3]:
+            vec = r["data"][0]["embedding"]
+            typer.echo(f"  {' '.join(text.split())[:56]!r:60} -> [{', '.join(f'{v:+.4f}' for v in vec[:4])}, ...] ({len(vec)} dims)")
+        typer.echo(f"{len(results)} documents ({tokens} tokens, {errors} errors) through Kafka in {elapsed:.1f}s: "
+                   f"{len(results) / elapsed:.0f} docs/s, {tokens / elapsed:.0f} tokens/s; cache: {worker.cache.description}")
+        if exit_after_demo:
+            return
+        typer.echo(
+            f"\nserving. Send requests to topic {settings.requests_topic!r} on {broker.bootstrap_servers}, results on "
+            f"{settings.results_topic!r}; metrics on http://127.0.0.1:{worker.metrics_port}/metrics\n"
+            f"  python -c \"from poolworker.client import PoolClient; "
+            f"print(PoolClient('{broker.bootstrap_servers}').embed('hello')['data'][0]['embedding'][:4])\"\n"
+            f"  poolworker submit requests.jsonl --bootstrap-servers {broker.bootstrap_servers}\n"
+            f"Ctrl-C stops."
+        )
+        while thread.is_alive():
+            thread.join(0.5)
+    except KeyboardInterrupt:
+        typer.echo("stopping ...")
+    finally:
+        stop.set()
+        thread.join(60)
+        broker.stop()
 
-    engine = Engine(model)
-    texts = _demo_texts(documents)
-    typer.echo(f"model {model}: {engine.model.architecture}, tasks {list(engine.supported_tasks)}, device {engine.model.device}")
-    start = time.perf_counter()
-    out = engine.embed(texts, truncate_prompt_tokens=-1, use_tqdm=True)
-    elapsed = time.perf_counter() - start
-    tokens = sum(o.num_prompt_tokens for o in out)
-    for text, o in list(zip(texts, out))[:3]:
-        preview = " ".join(text.split())[:60]
-        typer.echo(f"  {preview!r:64} -> [{', '.join(f'{v:+.4f}' for v in o.outputs.embedding[:4])}, ...] ({len(o.outputs.embedding)} dims)")
-    typer.echo(f"embedded {len(out)} documents, {tokens} tokens in {elapsed:.1f}s: {len(out) / elapsed:.0f} docs/s, {tokens / elapsed:.0f} tokens/s")
-    best = engine.rerank("how do I open a file", texts[:50], top_n=1, truncate_prompt_tokens=-1)[0]
-    typer.echo(f"best of the first 50 documents for 'how do I open a file': #{best.index} score {best.relevance_score:.3f}")
+
+@app.command()
+def submit(
+    file: Annotated[Path, typer.Argument(help="JSONL file: one request per line (the message contract).")],
+    bootstrap_servers: Annotated[str, typer.Option(help="Kafka bootstrap servers.")] = "127.0.0.1:9092",
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Where to write results as JSONL (default: stdout).")] = None,
+    requests_topic: Annotated[str, typer.Option(help="Request topic.")] = "poolworker.requests",
+    results_topic: Annotated[str, typer.Option(help="Result topic.")] = "poolworker.results",
+    timeout_s: Annotated[float, typer.Option(help="How long to wait for all results.")] = 600.0,
+) -> None:
+    """Produce requests from a file and write their results as JSONL, in file order."""
+    from .client import PoolClient
+
+    lines = [line for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
+    requests = []
+    for n, line in enumerate(lines, 1):
+        try:
+            requests.append(json.loads(line))
+        except json.JSONDecodeError as exc:
+            typer.echo(f"error: {file}:{n}: not JSON ({exc})", err=True)
+            raise typer.Exit(2) from exc
+    deadline = time.monotonic() + timeout_s
+    with PoolClient(bootstrap_servers, requests_topic=requests_topic, results_topic=results_topic) as client:
+        futures = [client.submit(r, key=str(r.get("request_id", n))) for n, r in enumerate(requests)]
+        client.flush()
+        out = output.open("w", encoding="utf-8") if output else sys.stdout
+        failed = 0
+        try:
+            for future in tqdm(futures, desc="results", unit="req", disable=output is None):
+                result = future.result(max(0.1, deadline - time.monotonic()))
+                failed += bool(result.get("error"))
+                out.write(json.dumps(result) + "\n")
+        finally:
+            if output:
+                out.close()
+    typer.echo(f"{len(futures)} results, {failed} errors", err=True)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,72 @@
+"""Wires one worker process: settings → engines, cache, metrics server, consumer loop.
+
+``serve`` is what ``poolworker run`` calls; SIGTERM/SIGINT start a graceful drain.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from collections.abc import Mapping
+
+from . import __version__
+from .cache import ResultCache, make_cache
+from .config import WorkerSettings, parse_model_specs
+from .consumers.loop import WorkerLoop
+from .engine import Engine
+from .metrics import Metrics, MetricsServer
+
+log = logging.getLogger(__name__)
+
+
+def load_engines(settings: WorkerSettings) -> dict[str, Engine]:
+    """Every ``--model``, loaded once, under the name requests route by."""
+    engines = {}
+    for name, path in parse_model_specs(settings.models).items():
+        log.info("loading model %s from %s", name, path)
+        engines[name] = Engine(path, device=settings.device, dtype=settings.dtype,
+                               trust_remote_code=settings.trust_remote_code, allow_pickle=settings.allow_pickle,
+                               max_batch_tokens=settings.max_batch_tokens)
+    return engines
+
+
+class Worker:
+    """A whole worker; ``run(stop)`` blocks until ``stop`` is set and the drain has finished."""
+
+    def __init__(self, settings: WorkerSettings, *, engines: Mapping[str, Engine] | None = None,
+                 cache: ResultCache | None = None, metrics: Metrics | None = None, dev: bool = False) -> None:
+        self.settings = settings
+        self.metrics = metrics or Metrics()
+        self.engines = dict(engines) if engines is not None else load_engines(settings)
+        self.cache = cache or make_cache(settings.redis_url, dev=dev, ttl_s=settings.cache_ttl_s, metrics=self.metrics)
+        self.metrics.info(version=__version__, models=",".join(sorted(self.engines)))
+        self.server: MetricsServer | None = None
+        self.metrics_port: int | None = None
+        self.loop = WorkerLoop(settings, self.engines, self.cache, self.metrics)
+
+    def run(self, stop: threading.Event) -> None:
+        if self.settings.metrics_port is not None:
+            self.server = MetricsServer(self.metrics, self.settings.metrics_host, self.settings.metrics_port)
+            self.metrics_port = self.server.start()
+            log.info("metrics on :%d (/metrics, /healthz, /readyz)", self.metrics_port)
+        try:
+            self.loop.run(stop)
+        finally:
+            self.cache.close()
+            if self.server is not None:
+                self.server.stop()
+
+
+def serve(settings: WorkerSettings) -> None:
+    """Run a worker in the foreground until SIGTERM or SIGINT."""
+    log.info("starting with %s", settings.redacted())
+    stop = threading.Event()
+
+    def on_signal(signum, _frame):
+        log.info("signal %s: draining", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    Worker(settings).run(stop)
