@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from builders import EOS_TOKEN
-from refs import ATOL, assert_close, data, decoder_hidden_single, decoder_last_left_padded, embedding
+from refs import assert_close, data, decoder_hidden_single, decoder_last_left_padded, embedding
 
 TEXTS = [
     "hi",
