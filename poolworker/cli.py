@@ -116,6 +116,7 @@ def dev(
     from .worker import Worker
 
     _setup_logging("WARNING")
+    logging.getLogger("kafka").setLevel(logging.ERROR)  # its IO-loop timing warnings are noise here
     broker = start_local_broker(port or None)
     settings = WorkerSettings.load(None, bootstrap_servers=broker.bootstrap_servers, models=[model], redis_url=redis_url,
                                    metrics_port=0, session_timeout_ms=4000, heartbeat_interval_ms=500)
@@ -125,6 +126,7 @@ def dev(
     thread = threading.Thread(target=worker.run, args=(stop,), name="poolworker-dev", daemon=True)
     thread.start()
     try:
+        _wait_until_assigned(worker, thread)
         texts = _demo_texts(documents)
         with PoolClient(broker.bootstrap_servers, model=model) as client:
             start = time.perf_counter()
@@ -133,12 +135,14 @@ def dev(
             results = [f.result(300) for f in tqdm(futures, desc="demo documents", unit="doc")]
             elapsed = time.perf_counter() - start
         tokens = sum(r.get("usage", {}).get("prompt_tokens", 0) for r in results)
+        hits = worker.metrics.registry.get_sample_value("poolworker_cache_hits_total") or 0
         errors = sum(1 for r in results if r.get("error"))
         for text, r in list(zip(texts, results))[:3]:
             vec = r["data"][0]["embedding"]
             typer.echo(f"  {' '.join(text.split())[:56]!r:60} -> [{', '.join(f'{v:+.4f}' for v in vec[:4])}, ...] ({len(vec)} dims)")
         typer.echo(f"{len(results)} documents ({tokens} tokens, {errors} errors) through Kafka in {elapsed:.1f}s: "
-                   f"{len(results) / elapsed:.0f} docs/s, {tokens / elapsed:.0f} tokens/s; cache: {worker.cache.description}")
+                   f"{len(results) / elapsed:.0f} docs/s, {tokens / elapsed:.0f} tokens/s; cache {worker.cache.description}: "
+                   f"{hits:.0f} of {len(results)} documents were cache hits")
         if exit_after_demo:
             return
         typer.echo(
@@ -157,6 +161,18 @@ def dev(
         stop.set()
         thread.join(60)
         broker.stop()
+
+
+def _wait_until_assigned(worker, thread: threading.Thread, timeout_s: float = 60.0) -> None:
+    """The demo's clock starts once the worker owns partitions (group join takes seconds)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and thread.is_alive():
+        consumer = worker.loop.consumer
+        if consumer is not None and consumer.assignment():
+            return
+        time.sleep(0.1)
+    if not thread.is_alive():
+        raise RuntimeError("the worker stopped while starting; see the log above")
 
 
 @app.command()

@@ -26,8 +26,7 @@ def load_engines(settings: WorkerSettings) -> dict[str, Engine]:
     for name, path in parse_model_specs(settings.models).items():
         log.info("loading model %s from %s", name, path)
         engines[name] = Engine(path, device=settings.device, dtype=settings.dtype,
-                               trust_remote_code=settings.trust_remote_code, allow_pickle=settings.allow_pickle,
-                               max_batch_tokens=settings.max_batch_tokens)
+                               trust_remote_code=settings.trust_remote_code, allow_pickle=settings.allow_pickle)
     return engines
 
 

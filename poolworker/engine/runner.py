@@ -15,7 +15,9 @@ from tqdm.auto import tqdm
 
 from .loading import LoadedModel
 
-DEFAULT_MAX_BATCH_TOKENS = {"cpu": 8192, "cuda": 65536}
+# Padded tokens per forward pass. On CPU small batches win (measured on 2 cores, MiniLM: 1024
+# tokens ~1.5x faster than 8192: activations stay in cache); GPUs want large ones.
+DEFAULT_MAX_BATCH_TOKENS = {"cpu": 1024, "cuda": 65536}
 DEFAULT_MAX_BATCH_SIZE = 256
 
 
