@@ -112,6 +112,7 @@ class WorkerLoop:
                     last_commit = now
                 if now - last_lag >= LAG_INTERVAL_S:
                     self._report_lag()
+                    self.metrics.cache_up(self.cache.available)
                     last_lag = now
         finally:
             self.metrics.set_ready(False)
