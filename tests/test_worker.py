@@ -232,3 +232,30 @@ def test_redis_stopped_mid_run_still_answers(broker, engines, tmp_path):
     finally:
         running.stop()
         server.stop()
+
+
+def test_submit_cli_writes_results_in_file_order(broker, engines, tmp_path):
+    from typer.testing import CliRunner
+
+    from poolworker.cli import app
+
+    settings, running = start_worker(broker, engines)
+    requests = [{"request_id": f"s{i}", "task": "embed", "model": "minilm", "input": f"line {i}"} for i in range(5)]
+    requests.append({"request_id": "s-bad", "task": "embed", "model": "minilm", "input": None})
+    source = tmp_path / "requests.jsonl"
+    source.write_text("\n".join(json.dumps(r) for r in requests) + "\n")
+    out = tmp_path / "results.jsonl"
+    try:
+        result = CliRunner().invoke(app, ["submit", str(source), "--bootstrap-servers", broker.bootstrap_servers,
+                                          "--requests-topic", settings.requests_topic, "--results-topic", settings.results_topic,
+                                          "-o", str(out), "--timeout-s", "60"])
+        assert result.exit_code == 0, result.output
+        lines = [json.loads(line) for line in out.read_text().splitlines()]
+        assert [m["request_id"] for m in lines] == [r["request_id"] for r in requests]
+        ref = engines["minilm"].embed([r["input"] for r in requests[:5]])
+        for message, expected in zip(lines, ref):
+            close(message["data"][0]["embedding"], expected.outputs.embedding)
+        assert lines[-1]["error"]["param"] == "input"
+        assert "6 results, 1 errors" in result.output
+    finally:
+        running.stop()
