@@ -64,3 +64,10 @@ def maxsim(query: torch.Tensor, document: torch.Tensor) -> torch.Tensor:
     """Late-interaction score: for each query token the best dot product over document tokens,
     summed over query tokens (ColBERT's MaxSim). ``query [Lq, D]``, ``document [Ld, D]``."""
     return (query.float() @ document.float().T).max(dim=1).values.sum()
+
+
+def maxsim_many(query: torch.Tensor, documents: list[torch.Tensor]) -> torch.Tensor:
+    """MaxSim of one query against each document: ``[len(documents)]`` float32."""
+    if len(documents) == 0:
+        return torch.empty(0, dtype=torch.float32, device=query.device)
+    return torch.stack([maxsim(query, doc) for doc in documents])
