@@ -358,18 +358,31 @@ class Engine:
         uniq: dict[str | tuple[int, ...], int] = {}
         for p in firsts + seconds:
             uniq.setdefault(p if isinstance(p, str) else tuple(p), len(uniq))
-        keys = list(uniq)
-        ids = self._tokenize([k if isinstance(k, str) else list(k) for k in keys], task, trunc, "text")
+        ids = self._tokenize([k if isinstance(k, str) else list(k) for k in uniq], task, trunc, "text")
         vectors = self._run(task, ids, HeadParams(None, None), use_tqdm)
-        results = []
-        for n, (a, b) in enumerate(zip(firsts, seconds)):
-            ia, ib = uniq[a if isinstance(a, str) else tuple(a)], uniq[b if isinstance(b, str) else tuple(b)]
-            if mode == "late-interaction":
-                value = kernels.maxsim(vectors[ia], vectors[ib])
-            else:
-                value = F.cosine_similarity(vectors[ia][None], vectors[ib][None])[0]
-            results.append(RequestOutput(str(n), ScoringOutput(float(value)), ids[ia] + ids[ib]))
+        pairs = [(uniq[a if isinstance(a, str) else tuple(a)], uniq[b if isinstance(b, str) else tuple(b)]) for a, b in zip(firsts, seconds)]
+        values = self._late_interaction(vectors, pairs) if mode == "late-interaction" else self._cosines(vectors, pairs)
+        results = [RequestOutput(str(n), ScoringOutput(float(v)), ids[ia] + ids[ib]) for n, ((ia, ib), v) in enumerate(zip(pairs, values))]
         return results
+
+    @staticmethod
+    def _cosines(vectors: list[torch.Tensor], pairs: list[tuple[int, int]]) -> list[float]:
+        a = torch.stack([vectors[i] for i, _ in pairs])
+        b = torch.stack([vectors[j] for _, j in pairs])
+        return F.cosine_similarity(a, b).tolist()
+
+    @staticmethod
+    def _late_interaction(vectors: list[torch.Tensor], pairs: list[tuple[int, int]]) -> list[float]:
+        """MaxSim per pair, one ``maxsim_many`` call per distinct query (1-vs-N in one launch)."""
+        by_query: dict[int, list[int]] = {}
+        for n, (i, _) in enumerate(pairs):
+            by_query.setdefault(i, []).append(n)
+        values = [0.0] * len(pairs)
+        for i, members in by_query.items():
+            scores = kernels.maxsim_many(vectors[i], [vectors[pairs[n][1]] for n in members]).tolist()
+            for n, score in zip(members, scores):
+                values[n] = score
+        return values
 
     @torch.inference_mode()
     def _cross_encode(self, firsts: list[Prompt], seconds: list[Prompt], trunc: Truncation, params: HeadParams, use_tqdm: bool):
