@@ -24,6 +24,8 @@ from .offsets import OffsetTracker
 
 log = logging.getLogger(__name__)
 RETRY_DELAY_S = 1.0
+DLQ_VALUE_PREFIX_BYTES = 64 * 1024  # what the DLQ keeps of a record too large for the producer
+DLQ_KEY_PREFIX_BYTES = 1024
 
 
 class Publisher:
@@ -84,10 +86,17 @@ class Publisher:
         try:
             self._send(job.reply_topic, job.source.key, value, headers, acked)
         except MessageSizeTooLargeError:
+            if job.error is not None and job.error.type == "result_too_large":
+                # Not even the bare error fits (an oversized key): the DLQ says where the request is.
+                self.dead_letter(DeadLetter(job.source, None, f"result_too_large: even the error result is {len(value)} bytes"))
+                return
+            # The echoed metadata may be what is too large (it is the caller's, up to max_request_bytes),
+            # so the error result goes without it; the error says so.
             job.fail("result_too_large", f"the result ({len(value)} bytes) exceeds the producer's max_request_size; "
-                     "send fewer items per request or use encoding_format=base64")
+                     "send fewer items per request, smaller metadata (dropped from this error) or encoding_format=base64")
+            job.metadata = None
             self._publish_result(job, result_message(request_id=job.request_id, task=job.task, model=job.model,
-                                                     metadata=job.metadata, error=job.error))
+                                                     metadata=None, error=job.error))
 
     # -- dead letters ----------------------------------------------------------------------------
     def dead_letter(self, letter: DeadLetter) -> None:
@@ -105,14 +114,36 @@ class Publisher:
             self.metrics.dlq(letter.reason.split(":", 1)[0][:40])
             self.metrics.request("unknown", "unknown", "dlq")
 
-        self._send(self.dlq_topic, src.key, letter.value, headers, acked)
+        key, value = src.key, letter.value
+        if key is None and value is None:
+            value = b""  # a record with neither key nor value (another client's tombstone): the producer refuses None/None
+        try:
+            self._send(self.dlq_topic, key, value, headers, acked)
+        except MessageSizeTooLargeError:
+            # Larger than our producer may send (the request limit is max_request_bytes, the producer's
+            # max_request_size is usually smaller): keep prefixes and the original sizes; the source
+            # coordinates in the headers still lead to the full record while the topic retains it.
+            cut = [(name, raw) for name, raw in headers if name.startswith("dlq.")]
+            cut.append(("dlq.value.truncated", str(len(value or b"")).encode()))
+            if key is not None and len(key) > DLQ_KEY_PREFIX_BYTES:
+                cut.append(("dlq.key.truncated", str(len(key)).encode()))
+            if src.headers:
+                cut.append(("dlq.headers.dropped", str(len(src.headers)).encode()))
+            self._send(self.dlq_topic, key if key is None else key[:DLQ_KEY_PREFIX_BYTES],
+                       value if value is None else value[:DLQ_VALUE_PREFIX_BYTES], cut, acked)
 
     # -- sending -----------------------------------------------------------------------------------
     def _finished(self, topic: str, partition: int, offset: int) -> None:
         self.tracker.done(TopicPartition(topic, partition), offset)
 
     def _send(self, topic: str, key: bytes | None, value: bytes | None, headers: list, acked: Callable[[], None]) -> None:
-        future = self.producer.send(topic, key=key, value=value, headers=headers)
+        try:
+            future = self.producer.send(topic, key=key, value=value, headers=headers)
+        except MessageSizeTooLargeError:
+            raise  # permanent: the caller sends something smaller instead
+        except KafkaError as exc:  # e.g. no metadata within max_block_ms: retried like a failed ack, never raised
+            self._retry(exc, topic, key, value, headers, acked)
+            return
         future.add_callback(lambda _meta: acked())
         future.add_errback(lambda exc: self._retry(exc, topic, key, value, headers, acked))
 

@@ -1,0 +1,93 @@
+"""Crashes: ``kill -9`` of a worker mid-run, alone and in a two-worker group. Nothing is lost
+(every request_id answered at least once); replays are duplicates with identical results."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import defaultdict
+
+from .procs import TopicReader, create_topics, embed_requests, ids_answered, produce
+
+N = 2000
+ATOL = 1e-6  # replays run in other batches (other padding); float32 sums may differ in the last bit
+
+
+def _check_duplicates(records: list) -> tuple[int, float]:
+    """Every copy of a request's result carries the same body; returns (duplicates, max |diff|)."""
+    by_id: dict[str, list[dict]] = defaultdict(list)
+    for record in records:
+        by_id[json.loads(record.value)["request_id"]].append(json.loads(record.value))
+    duplicates, worst = 0, 0.0
+    for request_id, copies in by_id.items():
+        first = copies[0]
+        assert first["error"] is None, first
+        for other in copies[1:]:
+            duplicates += 1
+            assert {k: v for k, v in other.items() if k != "data"} == {k: v for k, v in first.items() if k != "data"}
+            a, b = first["data"][0]["embedding"], other["data"][0]["embedding"]
+            assert len(a) == len(b) == 384
+            diff = max(abs(x - y) for x, y in zip(a, b))
+            assert diff <= ATOL, (request_id, diff)
+            worst = max(worst, diff)
+    return duplicates, worst
+
+
+def test_kill9_mid_run_then_restart_answers_everything(broker, topics, pool, report):
+    bs = broker.bootstrap_servers
+    create_topics(bs, topics, partitions=3)
+    first = pool.worker(bs, topics, "first", max_inflight_requests=256)
+    produce(bs, topics["requests_topic"], embed_requests(N))
+    reader = TopicReader(bs, topics["results_topic"])
+    try:
+        assert reader.until(lambda r: len(r) >= N // 4, 120), first.tail()
+        first.kill()  # SIGKILL: no drain, no commit for what is in flight
+        answered_before = len(ids_answered(reader.records))
+        assert answered_before < N, "the first worker finished before the kill; nothing was tested"
+
+        second = pool.worker(bs, topics, "second", max_inflight_requests=256)
+        assert reader.until(lambda r: len(ids_answered(r)) >= N, 180), second.tail()
+        reader.settle()
+    finally:
+        reader.close()
+    assert ids_answered(reader.records) == {f"r{i}" for i in range(N)}
+    duplicates, worst = _check_duplicates(reader.records)
+    report["kill -9 (one worker)"] = (f"{N} requests, killed after {answered_before} answered; {duplicates} duplicates "
+                                      f"(max |diff| {worst:.1e}); {len(reader.records)} results")
+
+
+def test_two_workers_one_killed_the_other_takes_over(broker, topics, pool, report):
+    bs = broker.bootstrap_servers
+    create_topics(bs, topics, partitions=4)
+    a = pool.worker(bs, topics, "a", partitions=4, max_inflight_requests=256)
+    b = pool.worker(bs, topics, "b", partitions=4, max_inflight_requests=256)
+    deadline = time.monotonic() + 90
+    while not (a.assigned() and b.assigned() and len(a.assigned() | b.assigned()) == 4):
+        assert time.monotonic() < deadline, a.tail() + b.tail()
+        assert a.alive() and b.alive(), a.tail() + b.tail()
+        time.sleep(0.2)
+    assert not a.assigned() & b.assigned()
+    b_partitions = {int(p.rsplit("/", 1)[1]) for p in b.assigned()}
+
+    produce(bs, topics["requests_topic"], embed_requests(N))
+    reader = TopicReader(bs, topics["results_topic"])
+    try:
+        assert reader.until(lambda r: len(r) >= N // 4, 120), a.tail() + b.tail()
+        b.kill()
+        killed_at = time.monotonic()
+        answered_before = len(ids_answered(reader.records))
+        assert answered_before < N
+        all_four = {f"{topics['requests_topic']}/{p}" for p in range(4)}
+        assert reader.until(lambda r: a.assigned() == all_four, 60), a.tail()
+        takeover_s = time.monotonic() - killed_at
+        assert reader.until(lambda r: len(ids_answered(r)) >= N, 180), a.tail()
+        reader.settle()
+    finally:
+        reader.close()
+    assert a.alive()
+    assert ids_answered(reader.records) == {f"r{i}" for i in range(N)}
+    duplicates, worst = _check_duplicates(reader.records)
+    # the survivor answered requests of the dead worker's partitions (its own keys hash elsewhere)
+    assert any(record.partition in b_partitions for record in reader.records)
+    report["kill -9 (one of two)"] = (f"{N} requests, b killed after {answered_before} answered; a owned all 4 "
+                                      f"partitions {takeover_s:.1f}s later; {duplicates} duplicates (max |diff| {worst:.1e})")

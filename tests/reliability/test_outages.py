@@ -1,0 +1,104 @@
+"""Outages of the services around the worker: the broker restarts (durable S3 storage, so the
+topics and committed offsets survive) and Redis goes away for part of the run."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from services import RedisServer
+
+from poolworker.broker import LocalBroker, free_port
+
+from .procs import (
+    TopicReader,
+    create_topics,
+    embed_requests,
+    ids_answered,
+    produce,
+    start_moto,
+)
+
+
+def test_broker_restart_with_durable_storage_worker_reconnects(pool, topics, report):
+    _, aws_env = start_moto(pool)
+    broker = pool.add(LocalBroker(free_port(), storage="s3://tansu/", env=aws_env).start())
+    bs = broker.bootstrap_servers
+    create_topics(bs, topics, partitions=3)
+    worker = pool.worker(bs, topics, "worker", max_inflight_requests=128)
+    n = 600
+    produce(bs, topics["requests_topic"], embed_requests(n))
+    reader = TopicReader(bs, topics["results_topic"])
+    try:
+        assert reader.until(lambda r: len(r) >= n // 4, 120), worker.tail()
+        reader.close()
+        broker.stop()  # mid-run: requests in flight, results unacked, commits failing
+        down_at = time.monotonic()
+        time.sleep(2)  # the worker sees connection errors, not a blip
+        assert worker.alive(), worker.tail()
+        broker.start()
+        restarted_s = time.monotonic() - down_at
+        produce(bs, topics["requests_topic"], embed_requests(200, prefix="after", start=n))
+        reader = TopicReader(bs, topics["results_topic"])  # the records before the stop survived in S3
+        expected = {f"r{i}" for i in range(n)} | {f"after{i}" for i in range(n, n + 200)}
+        assert reader.until(lambda r: ids_answered(r) >= expected, 180), worker.tail()
+        reader.settle()
+    finally:
+        reader.close()
+    assert worker.alive(), worker.tail()
+    assert ids_answered(reader.records) == expected
+    assert all(json.loads(r.value)["error"] is None for r in reader.records)
+    duplicates = len(reader.records) - len(expected)
+    report["broker restart (s3 storage)"] = (f"{n}+200 requests, broker down {restarted_s:.1f}s mid-run; all answered, "
+                                             f"{duplicates} duplicates; worker never restarted")
+
+
+def test_redis_outage_answers_everything_counts_errors_and_recovers(broker, pool, topics, tmp_path, report):
+    redis = pool.add(RedisServer(tmp_path))
+    redis.start()
+    bs = broker.bootstrap_servers
+    create_topics(bs, topics, partitions=3)
+    worker = pool.worker(bs, topics, "worker", redis_url=redis.url(), max_inflight_requests=128)
+    reader = TopicReader(bs, topics["results_topic"])
+    try:
+        produce(bs, topics["requests_topic"], embed_requests(100, prefix="before"))
+        assert reader.until(lambda r: len(ids_answered(r)) >= 100, 120), worker.tail()
+        assert worker.metric("poolworker_cache_errors_total") == 0
+        assert worker.metric("poolworker_cache_up") == 1
+
+        redis.stop()
+        produce(bs, topics["requests_topic"], embed_requests(200, prefix="during", start=100))
+        assert reader.until(lambda r: len(ids_answered(r)) >= 300, 120), worker.tail()
+        errors = worker.metric("poolworker_cache_errors_total")
+        assert errors >= 1
+        deadline = time.monotonic() + 10  # cache_up is refreshed every 2 s
+        while worker.metric("poolworker_cache_up") != 0:
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+
+        redis.start()  # same port, empty
+        produce(bs, topics["requests_topic"], embed_requests(100, prefix="after", start=300))
+        assert reader.until(lambda r: len(ids_answered(r)) >= 400, 120), worker.tail()
+        # the backoff (at most 30 s, here a few seconds) lets one probe through, then the cache is back
+        deadline = time.monotonic() + 40
+        while worker.metric("poolworker_cache_up") != 1:
+            assert time.monotonic() < deadline, worker.tail()
+            produce(bs, topics["requests_topic"], embed_requests(1, prefix="probe", start=int(time.monotonic() * 1000)))
+            time.sleep(0.5)
+        hits = worker.metric("poolworker_cache_hits_total")
+        produce(bs, topics["requests_topic"], [(k, v.replace(b'"after', b'"again')) for k, v in
+                                               embed_requests(50, prefix="after", start=300)])
+        assert reader.until(lambda r: len({i for i in ids_answered(r) if i.startswith("again")}) >= 50, 60), worker.tail()
+        reader.settle(0.5)
+    finally:
+        reader.close()
+    gained = worker.metric("poolworker_cache_hits_total") - hits
+    assert worker.alive()
+    messages = reader.messages()
+    assert all(m["error"] is None for m in messages)
+    assert {f"{p}{i}" for p, lo, hi in (("before", 0, 100), ("during", 100, 300), ("after", 300, 400))
+            for i in range(lo, hi)} <= {m["request_id"] for m in messages}
+    # "after" texts were stored once Redis was back (those answered after the probe at least), and a
+    # repeat is served from it: the cache works again after the outage
+    assert gained >= 1, gained
+    report["redis outage"] = f"{len(messages)} results, 0 errors; cache_errors_total={errors:.0f} during the outage; {gained:.0f} hits after"

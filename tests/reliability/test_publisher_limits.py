@@ -1,0 +1,78 @@
+"""The publisher's last lines of defence, without a broker: records that kafka-python refuses to
+send (too large for ``max_request_size``, or neither key nor value) still finish as a dead letter
+or an error result, so the worker never crashes on them and their offsets can be committed."""
+
+from __future__ import annotations
+
+from kafka.errors import MessageSizeTooLargeError
+from kafka.structs import TopicPartition
+
+from poolworker.cache import make_cache
+from poolworker.consumers.offsets import OffsetTracker
+from poolworker.consumers.publisher import DLQ_KEY_PREFIX_BYTES, DLQ_VALUE_PREFIX_BYTES, Publisher
+from poolworker.jobs import DeadLetter, Job, Source
+from poolworker.metrics import Metrics
+
+LIMIT = 1024 * 1024
+
+
+class _Ack:
+    def add_callback(self, fn):
+        fn(None)
+        return self
+
+    def add_errback(self, fn):
+        return self
+
+
+class _Producer:
+    """Refuses like kafka-python: None/None with ValueError, oversized records synchronously."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, bytes | None, bytes | None, dict]] = []
+
+    def send(self, topic, key=None, value=None, headers=None):
+        if key is None and value is None:
+            raise ValueError("Need at least one: key or value")
+        size = len(key or b"") + len(value or b"") + sum(len(k) + len(v) for k, v in headers or [])
+        if size > LIMIT:
+            raise MessageSizeTooLargeError(f"{size} bytes")
+        self.sent.append((topic, key, value, dict(headers or [])))
+        return _Ack()
+
+
+def _setup(*offsets: int):
+    tracker, producer = OffsetTracker(), _Producer()
+    for offset in offsets:
+        tracker.add(TopicPartition("req", 0), offset)
+    return tracker, producer, Publisher(producer, tracker, make_cache(None), Metrics(), dlq_topic="dlq")
+
+
+def test_dead_letters_too_large_or_empty_are_still_sent():
+    tracker, producer, publisher = _setup(0, 1, 2)
+    big = b"x" * (3 * LIMIT)
+    publisher.dead_letter(DeadLetter(Source("req", 0, 0, None, None), big, "message is too large"))
+    publisher.dead_letter(DeadLetter(Source("req", 0, 1, None, None), None, "tombstone"))
+    huge_key = b"k" * (2 * LIMIT)
+    publisher.dead_letter(DeadLetter(Source("req", 0, 2, huge_key, None, (("h", b"v"),)), None, "tombstone"))
+    assert tracker.inflight() == 0
+    (_, k0, v0, h0), (_, k1, v1, _), (_, k2, v2, h2) = producer.sent
+    assert v0 == big[:DLQ_VALUE_PREFIX_BYTES] and h0["dlq.value.truncated"] == str(len(big)).encode()
+    assert (k1, v1) == (None, b"")
+    assert k2 == huge_key[:DLQ_KEY_PREFIX_BYTES] and v2 is None
+    assert h2["dlq.key.truncated"] == str(len(huge_key)).encode() and h2["dlq.headers.dropped"] == b"1"
+
+
+def test_a_result_too_large_becomes_an_error_without_metadata_or_a_dead_letter():
+    tracker, producer, publisher = _setup(0, 1)
+    job = Job(Source("req", 0, 0, b"k", None), "r0", "embed", "m", "res", metadata={"blob": "m" * (2 * LIMIT)})
+    job.fail("invalid_request", "input is wrong", "input")
+    publisher.finish([job])
+    huge = Job(Source("req", 0, 1, b"k" * (2 * LIMIT), None), "r1", "embed", "m", "res")
+    huge.fail("invalid_request", "input is wrong", "input")
+    publisher.finish([huge])
+    assert tracker.inflight() == 0
+    (topic0, _, value0, headers0), (topic1, key1, _, headers1) = producer.sent
+    assert topic0 == "res" and b'"result_too_large"' in value0 and b'"metadata":null' in value0
+    assert headers0["status"] == b"error"
+    assert topic1 == "dlq" and len(key1) == DLQ_KEY_PREFIX_BYTES and headers1["dlq.reason"].startswith(b"result_too_large")
