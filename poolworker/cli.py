@@ -1,4 +1,4 @@
-"""Command line: ``poolworker run | dev | submit | models``."""
+"""Command line: ``poolworker run | dev | submit | models | bench``."""
 
 from __future__ import annotations
 
@@ -210,6 +210,23 @@ def submit(
             if output:
                 out.close()
     typer.echo(f"{len(futures)} results, {failed} errors", err=True)
+
+
+@app.command()
+def bench(
+    model: Annotated[list[str] | None, typer.Option("--model", help="minilm and/or bert-base (random weights); repeatable.")] = None,
+    short_docs: Annotated[int, typer.Option(help="Short corpus texts per run.")] = 2000,
+    long_docs: Annotated[int, typer.Option(help="~300-token documents per run.")] = 300,
+    repeats: Annotated[int, typer.Option(help="Alternating repeats per measurement (medians are reported).")] = 3,
+    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    out_dir: Annotated[Path, typer.Option(help="Where the JSON and PNG go.")] = Path("bench/out"),
+) -> None:
+    """Engine vs sentence-transformers on the same machine: docs/s, tokens/s, MFU against the
+    measured GEMM peak, batch-1 latency, peak memory; JSON + PNG in --out-dir."""
+    from .benchmark import run_benchmark
+
+    run_benchmark(models=tuple(model or ("minilm", "bert-base")), short_docs=short_docs, long_docs=long_docs,
+                  repeats=repeats, device=device, out_dir=out_dir)
 
 
 if __name__ == "__main__":

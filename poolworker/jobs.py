@@ -7,7 +7,6 @@ dead-letter entry; nothing is dropped.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import re
 import time
@@ -105,27 +104,6 @@ def _param_from(message: str, default: str) -> str:
     return "input" + field[len("prompts"):] if field.startswith("prompts") else field
 
 
-_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
-_FINGERPRINTS: dict[tuple[str, ...], str] = {}
-
-
-def model_fingerprint(engine: Engine) -> str:
-    """What cache keys name a model by. ``engine.model.fingerprint`` hashes the config and the weight
-    files' names and *sizes*, which a fine-tune of the same base model shares; two such models
-    would share cache entries. So the weight bytes are hashed too (once per process and model:
-    ~0.1 s for MiniLM's 90 MB, about 1 s per GB), and the dtype (fp16 results differ from fp32)."""
-    m = engine.model
-    files = [f for f in sorted(m.path.rglob("*")) if f.is_file() and f.suffix in _WEIGHT_SUFFIXES]
-    memo = (m.fingerprint, str(m.dtype), str(m.path), *(f"{f}:{f.stat().st_mtime_ns}:{f.stat().st_size}" for f in files))
-    if memo not in _FINGERPRINTS:
-        h = hashlib.sha256(f"{m.fingerprint}\0{m.dtype}".encode())
-        for f in files:
-            with f.open("rb") as fh:
-                h.update(f"{f.relative_to(m.path)}:".encode() + hashlib.file_digest(fh, "sha256").digest())
-        _FINGERPRINTS[memo] = h.hexdigest()[:32]
-    return _FINGERPRINTS[memo]
-
-
 class Preparer:
     """Everything between a raw record and a job the model thread can run."""
 
@@ -140,7 +118,6 @@ class Preparer:
         max_items_per_request: int,
     ) -> None:
         self.engines = dict(engines)
-        self.fingerprints = {name: model_fingerprint(engine) for name, engine in self.engines.items()}
         self.cache = cache
         self.results_topic = results_topic
         self.reply_pattern = re.compile(allowed_reply_topics) if allowed_reply_topics else None
@@ -208,7 +185,7 @@ class Preparer:
             return
         job.results = [None] * len(job.plan.items)
         task_key = job.pooling_task or f"score:{engine.score_mode}"
-        job.cache_keys = [cache_key(self.fingerprints[name], task_key, job.plan.options, item.key_payload()) for item in job.plan.items]
+        job.cache_keys = [cache_key(engine.model.fingerprint, task_key, job.plan.options, item.key_payload()) for item in job.plan.items]
 
     def _tokenize(self, job: Job) -> None:
         missing = job.missing

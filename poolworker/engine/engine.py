@@ -147,7 +147,7 @@ class Engine:
             "max_model_len": m.max_model_len,
             "num_labels": m.num_labels if m.kind is ModelKind.CLASSIFY else None,
             "pooler_config": self.pooler.describe(),
-            "forward_path": "transformers (generic, padded batches)",
+            "forward_path": m.forward_path,
             "device": str(m.device),
             "dtype": str(m.dtype).removeprefix("torch."),
             "fingerprint": m.fingerprint,

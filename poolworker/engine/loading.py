@@ -24,6 +24,7 @@ from transformers.models.auto.modeling_auto import (
 
 from .conversion import ModelKind, is_classifier_architecture, is_token_classifier, kind_from_architecture
 from .heads import ClassifierHeads, classifier_heads, masked_lm_head
+from .packed import FORWARD_ENV, build_packed, forced_generic, packed_support
 from .resolve import resolve_model_path
 from .st_config import STModules, load_projector, read_st_modules
 from .weights import require_loadable
@@ -55,6 +56,10 @@ class LoadedModel:
     dtype: torch.dtype
     fingerprint: str
     accepts_token_type_ids: bool
+    # The packed (unpadded) backbone sharing ``backbone``'s weights, or None: the runner then uses
+    # the generic transformers path. ``forward_path`` says which, and why (``poolworker models``).
+    packed: nn.Module | None = None
+    forward_path: str = "transformers (generic, padded batches)"
 
     @property
     def num_labels(self) -> int:
@@ -119,14 +124,17 @@ def _max_model_len(config: PretrainedConfig, st: STModules, tokenizer, requested
     return requested
 
 
-def _fingerprint(path: Path, config: PretrainedConfig) -> str:
-    """Identifies the weights and config (for result caches): config JSON plus weight file names
-    and sizes, cheap to compute and different for any two distinct checkpoints in practice."""
+def _fingerprint(path: Path, config: PretrainedConfig, dtype: torch.dtype) -> str:
+    """Names the exact model for result caches: config, dtype (fp16 results differ from fp32) and
+    the bytes of every weight, tokenizer and config file. Sizes alone would let a fine-tune
+    deployed at the same path share the old model's cache entries. ~0.1 s for MiniLM's 90 MB."""
     h = hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True, default=str).encode())
+    h.update(str(dtype).encode())
     for f in sorted(path.rglob("*")):
-        if f.is_file() and f.suffix in (".safetensors", ".bin", ".json", ".txt"):
-            h.update(f"{f.relative_to(path)}:{f.stat().st_size}".encode())
-    return h.hexdigest()[:16]
+        if f.is_file() and f.suffix in (".safetensors", ".bin", ".json", ".txt", ".model"):
+            with f.open("rb") as fh:
+                h.update(f"{f.relative_to(path)}:".encode() + hashlib.file_digest(fh, "sha256").digest())
+    return h.hexdigest()[:32]
 
 
 def _model_class(architecture: str, trust_remote_code: bool):
@@ -204,6 +212,7 @@ def load_model(
     if projector is not None:
         projector.to(device=dev, dtype=torch_dtype).eval().requires_grad_(False)
 
+    packed, forward_path = _packed_backbone(config, backbone)
     accepts_tt = "token_type_ids" in inspect.signature(backbone.forward).parameters and getattr(config, "type_vocab_size", 0) > 0
     return LoadedModel(
         path=path,
@@ -221,6 +230,29 @@ def load_model(
         vocab_size=int(backbone.get_input_embeddings().num_embeddings),
         device=dev,
         dtype=torch_dtype,
-        fingerprint=_fingerprint(path, config),
+        fingerprint=_fingerprint(path, config, torch_dtype),
         accepts_token_type_ids=accepts_tt,
+        packed=packed,
+        forward_path=forward_path,
     )
+
+
+def _packed_backbone(config: PretrainedConfig, backbone: nn.Module) -> tuple[nn.Module | None, str]:
+    """The packed backbone when this architecture has one (sharing the loaded weights), and the
+    line ``describe()`` shows for the forward path."""
+    generic = "transformers (generic, padded batches)"
+    if forced_generic():
+        return None, f"{generic}: forced by {FORWARD_ENV}=transformers"
+    if not type(backbone).__module__.startswith("transformers."):
+        return None, f"{generic}: the model's own code (trust_remote_code)"
+    reason = packed_support(config)
+    if reason is None:
+        try:
+            packed = build_packed(config, backbone)
+        except (KeyError, ValueError) as exc:  # a weight layout the packed model does not know
+            reason = f"packed build failed ({type(exc).__name__}: {exc})"
+            log.warning("%s: %s; using the transformers forward", type(backbone).__name__, reason)
+    if reason is not None:
+        return None, f"{generic}: {reason}"
+    kind = "decoder, causal" if getattr(packed, "causal", False) else "encoder"
+    return packed, f"packed ({config.model_type} {kind}: unpadded tokens, attention per length bucket)"

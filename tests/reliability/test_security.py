@@ -141,14 +141,13 @@ def test_cache_keys_keep_two_models_apart(minilm_path, tmp_path, Engine, broker,
 
     from poolworker.cache import make_cache
     from poolworker.client import PoolClient
-    from poolworker.jobs import model_fingerprint
     from poolworker.metrics import Metrics
     from poolworker.worker import Worker
 
     tuned = tmp_path / "tuned"
     shutil.copytree(minilm_path, tuned)
     before = Engine(str(tuned))  # version 1 of the model at this path
-    key_before = model_fingerprint(before)  # a worker computes it at start, right after loading
+    key_before = before.model.fingerprint  # computed at load time
     weights = next(tuned.glob("*.safetensors"))
     tensors = load_file(str(weights))
     name = next(k for k in tensors if k.endswith("layer.0.attention.self.query.weight"))
@@ -156,10 +155,9 @@ def test_cache_keys_keep_two_models_apart(minilm_path, tmp_path, Engine, broker,
     save_file(tensors, str(weights), metadata={"format": "pt"})
     base, other = Engine(str(minilm_path)), Engine(str(tuned))
     assert (tuned / weights.name).stat().st_size == (minilm_path / weights.name).stat().st_size
-    # version 2 replaced version 1 in place: same config, same file sizes, so the engine's own
-    # fingerprint cannot tell them apart; the one cache keys use (jobs.model_fingerprint) can
-    assert before.model.fingerprint == other.model.fingerprint
-    assert key_before != model_fingerprint(other)
+    # version 2 replaced version 1 in place: same config, same file sizes; the fingerprint
+    # (cache keys use it) hashes the weight bytes, so it tells them apart
+    assert key_before != other.model.fingerprint
 
     metrics = Metrics()
     settings = worker_settings(broker)

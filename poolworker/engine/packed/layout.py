@@ -1,0 +1,81 @@
+"""The packed batch: a flat token array plus ``cu_seqlens``, and how attention walks it.
+
+Linear layers, norms and activations run on ``[T, H]`` rows with no padding at all. Attention is
+the one step that needs sequences apart: sequences of similar length are grouped into *buckets*;
+a bucket runs as one SDPA call on ``[B, heads, L, d]``, padded only up to its own longest member
+(no padding at all when its lengths are equal).
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+import torch
+
+# A bucket closes when the next (shorter) sequence is under this fraction of its longest one, so
+# attention pads at most ~1/BUCKET_RATIO - 1 of a bucket's keys.
+BUCKET_RATIO = 0.8
+
+
+@dataclass
+class Bucket:
+    """Sequences attended together. ``rows`` are their packed rows in bucket order; with
+    ``gather`` None they are one contiguous run of equal-length sequences (a plain view)."""
+
+    batch: int
+    width: int
+    rows: torch.Tensor | None  # [n_real] packed row of each real token (None: rows start..end)
+    start: int
+    end: int
+    gather: torch.Tensor | None  # [batch*width] packed row for each padded slot
+    keep: torch.Tensor | None  # [n_real] padded slot of each real token
+    key_mask: torch.Tensor | None  # [batch, 1, 1, width] bool, True = real key
+
+
+@dataclass
+class Layout:
+    """Everything a packed forward needs besides the weights, built once per batch."""
+
+    cu_seqlens: torch.Tensor  # [N+1] int64
+    positions: torch.Tensor  # [T] int64, restarting at 0 for every sequence
+    buckets: list[Bucket]
+    total: int
+
+
+def build_layout(lengths: list[int], device: torch.device) -> Layout:
+    """Layout of sequences with these lengths, back to back in the given order."""
+    if not lengths or min(lengths) < 1:
+        raise ValueError("every sequence needs at least one token")
+    n = len(lengths)
+    lens = torch.tensor(lengths, dtype=torch.long)
+    cu = torch.zeros(n + 1, dtype=torch.long)
+    cu[1:] = lens.cumsum(0)
+    total = int(cu[-1])
+    starts = torch.repeat_interleave(cu[:-1], lens, output_size=total)
+    positions = torch.arange(total, dtype=torch.long) - starts
+
+    order = sorted(range(n), key=lambda i: -lengths[i])
+    groups: list[list[int]] = []
+    for i in order:
+        if groups and lengths[i] >= BUCKET_RATIO * lengths[groups[-1][0]]:
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    buckets = [_bucket(g, lengths, cu, device) for g in groups]
+    return Layout(cu_seqlens=cu.to(device), positions=positions.to(device), buckets=buckets, total=total)
+
+
+def _bucket(members: list[int], lengths: list[int], cu: torch.Tensor, device: torch.device) -> Bucket:
+    width = lengths[members[0]]
+    batch = len(members)
+    contiguous = all(b == a + 1 for a, b in itertools.pairwise(members))
+    if contiguous and all(lengths[i] == width for i in members):
+        return Bucket(batch, width, None, int(cu[members[0]]), int(cu[members[-1] + 1]), None, None, None)
+    rows = torch.cat([torch.arange(int(cu[i]), int(cu[i + 1])) for i in members])
+    gather = torch.zeros(batch * width, dtype=torch.long)  # padded slots read row 0; they are masked
+    keep = torch.cat([torch.arange(lengths[i]) + b * width for b, i in enumerate(members)])
+    gather[keep] = rows
+    blens = torch.tensor([lengths[i] for i in members])
+    key_mask = (torch.arange(width)[None, :] < blens[:, None]).view(batch, 1, 1, width)
+    return Bucket(batch, width, rows.to(device), 0, 0, gather.to(device), keep.to(device), key_mask.to(device))
