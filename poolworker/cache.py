@@ -425,14 +425,14 @@ def make_cache(
     """
     if url is None or url.strip().lower() in NONE_URLS:
         return NullCache(metrics=metrics)
-    if dev and not _answers_ping(url, PING_TIMEOUT_S):
+    if dev and not answers_ping(url, PING_TIMEOUT_S):
         log.warning("no Redis answers at %s; dev mode uses an in-process cache", redact_url(url))
         return MemoryCache(ttl_s=ttl_s, metrics=metrics)
     return RedisCache(url, ttl_s=ttl_s, metrics=metrics)
 
 
-def _answers_ping(url: str, timeout_s: float) -> bool:
-    """A malformed URL still raises: that is a configuration error, not an absent server."""
+def answers_ping(url: str, timeout_s: float = 1.0) -> bool:
+    """Whether a Redis answers PING at ``url``. A malformed URL still raises: that is a configuration error, not an absent server."""
     client = _redis_client(url, timeout_s)
     try:
         return bool(client.ping())

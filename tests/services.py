@@ -12,10 +12,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import redis
 
 from poolworker.broker import free_port
-from poolworker.cache import redact_url
+from poolworker.cache import answers_ping, redact_url
 
 
 def redis_server_binary() -> str:
@@ -26,16 +25,6 @@ def redis_server_binary() -> str:
             "apt-get) or set POOLWORKER_TEST_REDIS_URL; the cache tests need a real Redis"
         )
     return binary
-
-
-def answers_ping(url: str) -> bool:
-    client = redis.Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1)
-    try:
-        return bool(client.ping())
-    except (redis.RedisError, OSError):
-        return False
-    finally:
-        client.close()
 
 
 class RedisServer:
