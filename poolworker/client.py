@@ -16,9 +16,16 @@ from typing import Any
 
 from kafka import KafkaConsumer, KafkaProducer
 
+from .config import options_for
+
+# How long a fetch may wait on the broker for data. Some Kafka-protocol brokers (Tansu among them)
+# answer a fetch only when this runs out, so it bounds the latency a result can sit unread.
+FETCH_MAX_WAIT_MS = 20
+
 
 class PoolClient:
-    """Thread-safe; use as a context manager or call ``close()``."""
+    """Thread-safe; use as a context manager or call ``close()``. ``kafka_options`` go to
+    kafka-python (each client gets the keys it accepts: SASL/SSL reach both)."""
 
     def __init__(self, bootstrap_servers: str, *, requests_topic: str = "poolworker.requests",
                  results_topic: str = "poolworker.results", model: str | None = None, **kafka_options: Any) -> None:
@@ -28,9 +35,11 @@ class PoolClient:
         self._pending: dict[str, Future] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        self.producer = KafkaProducer(bootstrap_servers=bootstrap_servers, acks="all", linger_ms=2, **kafka_options)
-        self.consumer = KafkaConsumer(bootstrap_servers=bootstrap_servers, group_id=None, enable_auto_commit=False,
-                                      enable_incremental_fetch_sessions=False, **kafka_options)
+        self.producer = KafkaProducer(**{"bootstrap_servers": bootstrap_servers, "acks": "all", "linger_ms": 2,
+                                         **options_for("producer", kafka_options)})
+        self.consumer = KafkaConsumer(**{"bootstrap_servers": bootstrap_servers, "group_id": None, "enable_auto_commit": False,
+                                         "enable_incremental_fetch_sessions": False, "fetch_max_wait_ms": FETCH_MAX_WAIT_MS,
+                                         **options_for("consumer", kafka_options)})
         parts = self._partitions(results_topic)
         self.consumer.assign(parts)
         for tp in parts:  # pin the start now so results of requests sent from here on are never missed

@@ -62,6 +62,7 @@ class WorkerSettings(BaseSettings):
     heartbeat_interval_ms: int = Field(1_000, ge=100)
     max_poll_interval_ms: int = Field(300_000, ge=1000)
     max_poll_records: int = Field(500, ge=1)
+    fetch_max_wait_ms: int = Field(20, ge=0, description="how long a fetch waits on the broker; some brokers (Tansu) always wait it out")
     allowed_reply_topics: str | None = Field(None, description="regex of topics a request's reply_to may name; none: only the results topic")
 
     # models
@@ -126,6 +127,7 @@ class WorkerSettings(BaseSettings):
             "heartbeat_interval_ms": self.heartbeat_interval_ms,
             "max_poll_interval_ms": self.max_poll_interval_ms,
             "max_poll_records": self.max_poll_records,
+            "fetch_max_wait_ms": self.fetch_max_wait_ms,
             "enable_incremental_fetch_sessions": False,  # a resumed partition got nothing on Tansu with it on
         }
         return {**base, **_only(self.kafka_options, _CONSUMER_KEYS)}
@@ -168,6 +170,13 @@ try:  # each kafka-python client accepts a different set of keys; shared ones (s
     _ADMIN_KEYS = _client_keys("KafkaAdminClient")
 except Exception:  # pragma: no cover - kafka-python missing: the engine alone still imports config
     _CONSUMER_KEYS = _PRODUCER_KEYS = _ADMIN_KEYS = frozenset()
+
+
+def options_for(client: str, options: dict[str, Any]) -> dict[str, Any]:
+    """The subset of ``options`` that kafka-python's ``client`` (consumer, producer, admin)
+    accepts: security settings reach all three, client-specific ones only their client."""
+    keys = {"consumer": _CONSUMER_KEYS, "producer": _PRODUCER_KEYS, "admin": _ADMIN_KEYS}[client]
+    return _only(options, keys)
 
 
 def parse_model_specs(specs: list[str]) -> dict[str, str]:

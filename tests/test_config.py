@@ -91,3 +91,12 @@ def test_run_cli_rejects_bad_flags_cleanly():
     assert result.exit_code == 2 and "KEY=VALUE" in result.output
     result = CliRunner().invoke(app, ["run", "--model", "a=/x", "--model", "a=/y"])
     assert result.exit_code == 2 and "twice" in result.output
+
+
+def test_each_kafka_client_gets_only_the_options_it_accepts():
+    from poolworker.config import options_for
+
+    options = {"security_protocol": "SSL", "fetch_max_wait_ms": 7, "linger_ms": 3, "request_timeout_ms": 5000}
+    assert options_for("consumer", options) == {"security_protocol": "SSL", "fetch_max_wait_ms": 7, "request_timeout_ms": 5000}
+    assert options_for("producer", options) == {"security_protocol": "SSL", "linger_ms": 3, "request_timeout_ms": 5000}
+    assert WorkerSettings(fetch_max_wait_ms=7).consumer_options()["fetch_max_wait_ms"] == 7

@@ -259,3 +259,15 @@ def test_submit_cli_writes_results_in_file_order(broker, engines, tmp_path):
         assert "6 results, 1 errors" in result.output
     finally:
         running.stop()
+
+
+def test_client_passes_each_kafka_option_to_the_client_that_takes_it(broker, engines):
+    settings, running = start_worker(broker, engines)
+    try:
+        # fetch_max_wait_ms is consumer-only and linger_ms producer-only: neither may break the other
+        with PoolClient(broker.bootstrap_servers, requests_topic=settings.requests_topic,
+                        results_topic=settings.results_topic, fetch_max_wait_ms=10, linger_ms=1) as c:
+            assert c.consumer.config["fetch_max_wait_ms"] == 10 and c.producer.config["linger_ms"] == 1
+            assert c.embed("options reach the right client", model="minilm")["error"] is None
+    finally:
+        running.stop()
