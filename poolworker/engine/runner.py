@@ -110,10 +110,6 @@ class Runner:
         accepts = inspect.signature(model.backbone.forward).parameters
         self.extra_kwargs = {"use_cache": False} if "use_cache" in accepts else {}
 
-    @property
-    def forward_path(self) -> str:
-        return self.model.forward_path
-
     @torch.inference_mode()
     def forward(self, ids: list[list[int]], token_type_ids: list[list[int]] | None = None, use_tqdm: bool = False) -> Packed:
         if self.packed is not None:

@@ -287,3 +287,14 @@ def start_moto(pool: ProcessPool) -> tuple[str, dict[str, str]]:
     env = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1",
            "AWS_ENDPOINT": url, "AWS_ALLOW_HTTP": "true"}
     return url, env
+
+
+class AckedAtOnce:
+    """A kafka-python send future the broker acknowledged at once (for publisher unit tests)."""
+
+    def add_callback(self, fn):
+        fn(None)
+        return self
+
+    def add_errback(self, fn):
+        return self

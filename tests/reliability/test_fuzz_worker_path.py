@@ -20,6 +20,8 @@ from poolworker.jobs import DeadLetter, Preparer, Source
 from poolworker.metrics import Metrics
 from poolworker.protocol import TASKS
 
+from .procs import AckedAtOnce
+
 FIELDS = ["request_id", "task", "model", "input", "text_1", "text_2", "queries", "documents", "query", "pooling_task",
           "dimensions", "truncate_prompt_tokens", "truncation_side", "use_activation", "encoding_format", "top_n",
           "return_documents", "reply_to", "metadata"]
@@ -42,22 +44,13 @@ body = st.fixed_dictionaries(
 )
 
 
-class _Ack:
-    def add_callback(self, fn):
-        fn(None)
-        return self
-
-    def add_errback(self, fn):
-        return self
-
-
 class _Producer:
     def __init__(self) -> None:
         self.sent: list[tuple[str, bytes | None]] = []
 
     def send(self, topic, key=None, value=None, headers=None):
         self.sent.append((topic, value))
-        return _Ack()
+        return AckedAtOnce()
 
 
 def _serialise(b: object, cut: int | None) -> bytes:

@@ -9,20 +9,17 @@ from kafka.structs import TopicPartition
 
 from poolworker.cache import make_cache
 from poolworker.consumers.offsets import OffsetTracker
-from poolworker.consumers.publisher import DLQ_KEY_PREFIX_BYTES, DLQ_VALUE_PREFIX_BYTES, Publisher
+from poolworker.consumers.publisher import (
+    DLQ_KEY_PREFIX_BYTES,
+    DLQ_VALUE_PREFIX_BYTES,
+    Publisher,
+)
 from poolworker.jobs import DeadLetter, Job, Source
 from poolworker.metrics import Metrics
 
+from .procs import AckedAtOnce
+
 LIMIT = 1024 * 1024
-
-
-class _Ack:
-    def add_callback(self, fn):
-        fn(None)
-        return self
-
-    def add_errback(self, fn):
-        return self
 
 
 class _Producer:
@@ -38,7 +35,7 @@ class _Producer:
         if size > LIMIT:
             raise MessageSizeTooLargeError(f"{size} bytes")
         self.sent.append((topic, key, value, dict(headers or [])))
-        return _Ack()
+        return AckedAtOnce()
 
 
 def _setup(*offsets: int):
