@@ -172,18 +172,63 @@ def test_batch_invariance_mixed_lengths(minilm_engine, corpus):
     assert worst <= ATOL
 
 
-def test_runner_keeps_caller_order_across_batches(minilm_engine, minilm_hf):
+@pytest.fixture(params=["packed", "generic"])
+def small_budget_runner(request, minilm_path, Engine, monkeypatch):
+    """A MiniLM runner on either forward path with a budget that makes many batches and re-orders
+    sequences by length."""
+    if request.param == "generic":
+        monkeypatch.setenv("POOLWORKER_FORWARD", "transformers")
+    runner = Engine(str(minilm_path), max_batch_tokens=300).runner
+    assert (runner.packed is None) == (request.param == "generic")
+    return runner
+
+
+def test_runner_keeps_caller_order_across_batches(small_budget_runner, minilm_hf):
     seqs = _random_seqs(40, 30000, 2, 120, seed=21, first=101)
-    runner = minilm_engine.runner
-    budget = runner.max_batch_tokens
-    try:
-        runner.max_batch_tokens = 300  # many batches, and sequences re-ordered by length
-        packed = runner.forward(seqs)
-    finally:
-        runner.max_batch_tokens = budget
+    packed = small_budget_runner.forward(seqs)
     got = list(torch.split(packed.hidden, [len(s) for s in seqs]))
     assert _max_diff(got, _hf_hidden(minilm_hf, seqs, 0)) <= ATOL
     assert packed.input_ids.tolist() == [t for s in seqs for t in s]
+    assert packed.cu_seqlens.tolist() == [0, *torch.tensor([len(s) for s in seqs]).cumsum(0).tolist()]
+
+
+def test_runner_pool_puts_rows_back_in_caller_order(small_budget_runner, minilm_hf):
+    """``Runner.pool`` pools batch by batch: each row is the mean of transformers' hidden states of
+    that caller's sequence."""
+    seqs = _random_seqs(40, 30000, 2, 120, seed=22, first=101)
+    seen: list[int] = []
+
+    def mean_rows(part):
+        seen.append(len(part))
+        return torch.stack([part.hidden[a:b].mean(0) for a, b in zip(part.cu_seqlens[:-1], part.cu_seqlens[1:])])
+
+    pooled = small_budget_runner.pool(seqs, mean_rows)
+    expected = torch.stack([h.mean(0) for h in _hf_hidden(minilm_hf, seqs, 0)])
+    assert len(seen) > 3 and sum(seen) == len(seqs)
+    assert (pooled - expected).abs().max().item() <= ATOL
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("path", ["matmul", "sdpa"])
+def test_packed_attention_matches_each_sequence_alone(causal, path, monkeypatch):
+    """Both CPU attention paths, on ragged lengths (equal-length runs, padded buckets, GQA), against
+    SDPA on each sequence by itself."""
+    import torch.nn.functional as F
+
+    from poolworker.engine.packed import attention
+
+    monkeypatch.setattr(attention, "MATMUL_MAX_WIDTH", 10_000 if path == "matmul" else 0)
+    lengths = [70, 70, 64, 33, 9, 9, 9, 7, 2, 1]
+    n_q, n_kv, d = 4, 2, 16
+    g = torch.Generator().manual_seed(4)
+    qkv = torch.randn(sum(lengths), n_q + 2 * n_kv, d, generator=g)
+    got = attention.packed_attention(qkv, n_q, n_kv, build_layout(lengths, torch.device("cpu")), causal=causal)
+    expected = []
+    for x in torch.split(qkv, lengths):
+        q, k, v = x[:, :n_q].transpose(0, 1), x[:, n_q : n_q + n_kv].transpose(0, 1), x[:, n_q + n_kv :].transpose(0, 1)
+        k, v = k.repeat_interleave(n_q // n_kv, 0), v.repeat_interleave(n_q // n_kv, 0)
+        expected.append(F.scaled_dot_product_attention(q, k, v, is_causal=causal).transpose(0, 1).reshape(len(x), n_q * d))
+    assert (got - torch.cat(expected)).abs().max().item() <= ATOL
 
 
 def test_plan_packed_batches_budget():
