@@ -236,9 +236,9 @@ class Engine:
             return []
         if task == "embed":
             return list(self.pooler.embed_head(self._pool_chunked(ids, use_tqdm), params))
-        packed = self.runner.forward(ids, use_tqdm=use_tqdm)
         if task == "classify":
-            return list(self.pooler.classify_head(self.pooler.pool_sequences(packed), params))
+            return list(self.pooler.classify_head(self.runner.pool(ids, self.pooler.pool_sequences, use_tqdm=use_tqdm), params))
+        packed = self.runner.forward(ids, use_tqdm=use_tqdm)
         rows = self.pooler.pool_tokens(packed)
         if task == "token_embed":
             return [self.pooler.token_embed_head(r, params) for r in rows]
@@ -255,7 +255,7 @@ class Engine:
             for start in range(0, len(x), limit):
                 pieces.append(x[start : start + limit])
                 owner.append(i)
-        pooled = self.pooler.pool_sequences(self.runner.forward(pieces, use_tqdm=use_tqdm))
+        pooled = self.runner.pool(pieces, self.pooler.pool_sequences, use_tqdm=use_tqdm)
         if len(pieces) == len(ids):
             return pooled
         weights = torch.tensor([len(p) for p in pieces], dtype=torch.float32, device=pooled.device)
@@ -390,8 +390,8 @@ class Engine:
             raise TypeError("cross-encoder scoring takes text for text_1 and text_2, not token ids")
         ids, types = self.tokenizer.encode_pairs(firsts, seconds, trunc)  # type: ignore[arg-type]
         self._check_lengths(ids, "classify", "text_1/text_2 pair")
-        packed = self.runner.forward(ids, token_type_ids=types, use_tqdm=use_tqdm)
-        scores = self.pooler.classify_head(self.pooler.pool_sequences(packed), params, for_score=True)
+        pooled = self.runner.pool(ids, self.pooler.pool_sequences, token_type_ids=types, use_tqdm=use_tqdm)
+        scores = self.pooler.classify_head(pooled, params, for_score=True)
         return [RequestOutput(str(n), ScoringOutput(float(s[0])), x) for n, (s, x) in enumerate(zip(scores, ids))]
 
     def rerank(

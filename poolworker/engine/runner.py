@@ -9,12 +9,16 @@ Two forward paths, one output (the packed layout the poolers work on: ``[total_t
   an attention bucket (``engine/packed/layout.py``).
 - **generic** (every other architecture): transformers on right-padded, length-sorted batches
   under a *padded*-token budget; padding is dropped right after the backbone.
+
+``Runner.pool`` pools each batch as it comes out and only reorders the pooled rows (sequence
+tasks); ``Runner.forward`` returns every token's hidden state in the caller's order (token tasks).
 """
 
 from __future__ import annotations
 
 import inspect
 import os
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -112,55 +116,71 @@ class Runner:
 
     @torch.inference_mode()
     def forward(self, ids: list[list[int]], token_type_ids: list[list[int]] | None = None, use_tqdm: bool = False) -> Packed:
-        if self.packed is not None:
-            return self._forward_packed(ids, token_type_ids, use_tqdm)
-        lengths = [len(x) for x in ids]
-        batches = plan_batches(lengths, self.max_batch_tokens, self.max_batch_size)
-        rows: list[torch.Tensor | None] = [None] * len(ids)
-        bar = tqdm(total=len(ids), desc="pooling", unit="seq", disable=not use_tqdm or len(batches) < 4, leave=False)
-        for batch in batches:
-            hidden = self._forward_batch([ids[i] for i in batch], None if token_type_ids is None else [token_type_ids[i] for i in batch])
-            for row, i in enumerate(batch):
-                rows[i] = hidden[row, : lengths[i]]
-            bar.update(len(batch))
-        bar.close()
-        device = self.model.device
-        cu = torch.zeros(len(ids) + 1, dtype=torch.long)
-        cu[1:] = torch.tensor(lengths, dtype=torch.long).cumsum(0)
-        flat_ids = torch.tensor([t for x in ids for t in x], dtype=torch.long, device=device)
-        return Packed(hidden=torch.cat(rows), cu_seqlens=cu.to(device), input_ids=flat_ids)  # type: ignore[arg-type]
-
-    # -- packed path ----------------------------------------------------------------------------
-    def _forward_packed(self, ids: list[list[int]], types: list[list[int]] | None, use_tqdm: bool) -> Packed:
+        """Hidden states of every token, in the caller's order (token tasks need them all)."""
         device = self.model.device
         lengths = [len(x) for x in ids]
         cu = torch.zeros(len(ids) + 1, dtype=torch.long)
         cu[1:] = torch.tensor(lengths, dtype=torch.long).cumsum(0)
-        batches = plan_packed_batches(lengths, self.max_batch_tokens, self.max_batch_size)
-        use_types = types is not None and self.model.accepts_token_type_ids
-        outputs: list[torch.Tensor] = []
-        order: list[int] = []  # the sequences in the order their rows come out
-        bar = tqdm(total=len(ids), desc="pooling", unit="seq", disable=not use_tqdm or len(batches) < 4, leave=False)
-        for batch in batches:
-            flat = torch.tensor([t for i in batch for t in ids[i]], dtype=torch.long).to(device)
-            tt = torch.tensor([t for i in batch for t in types[i]], dtype=torch.long).to(device) if use_types else None
-            layout = build_layout([lengths[i] for i in batch], device)
-            outputs.append(self.packed(flat, layout, tt))
-            order.extend(batch)
-            bar.update(len(batch))
-        bar.close()
-        hidden = outputs[0] if len(outputs) == 1 else torch.cat(outputs)
-        if order != list(range(len(ids))):  # back to the caller's order with one row gather
-            starts = torch.zeros(len(ids), dtype=torch.long)  # where each sequence's rows start in `hidden`
-            starts[torch.tensor(order)] = torch.tensor([0] + [lengths[i] for i in order[:-1]], dtype=torch.long).cumsum(0)
-            lens = torch.tensor(lengths, dtype=torch.long)
-            index = torch.repeat_interleave(starts - cu[:-1], lens, output_size=int(cu[-1])) + torch.arange(int(cu[-1]))
-            hidden = hidden.index_select(0, index.to(device))
         flat_ids = torch.tensor([t for x in ids for t in x], dtype=torch.long, device=device)
+        hidden: torch.Tensor | None = None
+        for batch, part in self.batches(ids, token_type_ids, use_tqdm):
+            if hidden is None:
+                if len(batch) == len(ids) and batch == sorted(batch):
+                    return Packed(hidden=part.hidden, cu_seqlens=cu.to(device), input_ids=flat_ids)
+                hidden = part.hidden.new_empty(int(cu[-1]), part.hidden.shape[1])
+            # The batch's rows go straight to where the caller's order puts them: one copy.
+            starts = cu[torch.tensor(batch)]
+            lens = part.cu_seqlens[1:].cpu() - part.cu_seqlens[:-1].cpu()
+            dest = torch.repeat_interleave(starts - part.cu_seqlens[:-1].cpu(), lens, output_size=part.hidden.shape[0])
+            dest += torch.arange(part.hidden.shape[0])
+            hidden.index_copy_(0, dest.to(device), part.hidden)
+        assert hidden is not None  # ids is never empty here: the engine returns early
         return Packed(hidden=hidden, cu_seqlens=cu.to(device), input_ids=flat_ids)
 
+    @torch.inference_mode()
+    def pool(self, ids: list[list[int]], pool_batch: Callable[[Packed], torch.Tensor], token_type_ids: list[list[int]] | None = None,
+             use_tqdm: bool = False) -> torch.Tensor:
+        """``pool_batch`` applied to each forward batch while its hidden states are fresh, rows put
+        back in the caller's order: ``[N, ...]``. Sequence tasks never hold every token's hidden
+        state at once, and skip the copy that ``forward`` needs to restore the order."""
+        out: torch.Tensor | None = None
+        for batch, part in self.batches(ids, token_type_ids, use_tqdm):
+            rows = pool_batch(part)
+            if out is None:
+                out = rows.new_empty(len(ids), *rows.shape[1:])
+            out[torch.tensor(batch, device=rows.device)] = rows
+        assert out is not None
+        return out
+
+    @torch.inference_mode()
+    def batches(self, ids: list[list[int]], token_type_ids: list[list[int]] | None = None,
+                use_tqdm: bool = False) -> Iterator[tuple[list[int], Packed]]:
+        """Forward batches in the order they run: the caller's indices of the batch's sequences and
+        their hidden states, packed in that order."""
+        lengths = [len(x) for x in ids]
+        if self.packed is not None:
+            batches = plan_packed_batches(lengths, self.max_batch_tokens, self.max_batch_size)
+            run = self._forward_packed
+        else:
+            batches = plan_batches(lengths, self.max_batch_tokens, self.max_batch_size)
+            run = self._forward_batch
+        bar = tqdm(total=len(ids), desc="pooling", unit="seq", disable=not use_tqdm or len(batches) < 4, leave=False)
+        for batch in batches:
+            yield batch, run([ids[i] for i in batch], None if token_type_ids is None else [token_type_ids[i] for i in batch])
+            bar.update(len(batch))
+        bar.close()
+
+    # -- packed path ----------------------------------------------------------------------------
+    def _forward_packed(self, ids: list[list[int]], types: list[list[int]] | None) -> Packed:
+        device = self.model.device
+        flat = torch.tensor([t for x in ids for t in x], dtype=torch.long).to(device)
+        use_types = types is not None and self.model.accepts_token_type_ids
+        tt = torch.tensor([t for x in types for t in x], dtype=torch.long).to(device) if use_types else None  # type: ignore[union-attr]
+        layout = build_layout([len(x) for x in ids], device)
+        return Packed(hidden=self.packed(flat, layout, tt), cu_seqlens=layout.cu_seqlens, input_ids=flat)
+
     # -- generic path ---------------------------------------------------------------------------
-    def _forward_batch(self, ids: list[list[int]], types: list[list[int]] | None) -> torch.Tensor:
+    def _forward_batch(self, ids: list[list[int]], types: list[list[int]] | None) -> Packed:
         width = max(len(x) for x in ids)
         device = self.model.device
         input_ids = torch.full((len(ids), width), self.pad_id, dtype=torch.long)
@@ -176,4 +196,9 @@ class Runner:
                     tt[r, : len(x)] = torch.tensor(x, dtype=torch.long)
             kwargs["token_type_ids"] = tt.to(device)
         out = self.model.backbone(**kwargs)
-        return out[0] if isinstance(out, tuple) else out.last_hidden_state
+        hidden = out[0] if isinstance(out, tuple) else out.last_hidden_state
+        real = mask.to(device).bool()
+        cu = torch.zeros(len(ids) + 1, dtype=torch.long)
+        cu[1:] = mask.sum(1).cumsum(0)
+        # Padding dropped: the real rows of each sequence, back to back.
+        return Packed(hidden=hidden[real], cu_seqlens=cu.to(device), input_ids=input_ids.to(device)[real])
