@@ -22,7 +22,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from poolworker.benchmark import CORPUS, DEFAULT_OUT, run_benchmark
+from poolworker.benchmark import DEFAULT_OUT, run_benchmark
 
 
 def main() -> None:
@@ -37,7 +37,7 @@ def main() -> None:
     p.add_argument("--latency-n", type=int, default=200)
     p.add_argument("--out", default=str(DEFAULT_OUT))
     p.add_argument("--minilm", default=None, help="MiniLM folder (default: the bundled package)")
-    p.add_argument("--corpus", default=str(CORPUS))
+    p.add_argument("--corpus", default=None, help="docstrings.jsonl (default: $POOLWORKER_CORPUS, ../shared/corpus, bench/data)")
     a = p.parse_args()
     run_benchmark(
         models=tuple(m for m in a.models.split(",") if m),

@@ -1,0 +1,83 @@
+"""``poolworker bench`` / bench/engine_bench.py on a tiny run: the numbers it reports are the ones
+its own definitions give (ratios of the measured times, MFU against the measured peak), and its
+outputs really are sentence-transformers' outputs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from poolworker.benchmark import format_table, linear_flops_per_token, run_benchmark
+
+import builders
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, minilm_path):
+    out = tmp_path_factory.mktemp("bench")
+    lines: list[str] = []
+    results = run_benchmark(models=("minilm",), short_docs=24, long_docs=3, repeats=2, latency_n=3, out_dir=out,
+                            minilm_path=minilm_path, corpus=builders.corpus_path(), log=lines.append)
+    return out, results, lines
+
+
+def test_reported_numbers_follow_from_the_measured_times(tiny_run):
+    out, _, _ = tiny_run
+    saved = json.loads((out / "engine_bench.json").read_text())
+    model = saved["models"]["minilm"]
+    assert set(model["sets"]) == {"short", "long"}
+    from transformers import AutoConfig
+
+    flops = linear_flops_per_token(AutoConfig.from_pretrained(model["path"]))
+    for row in model["sets"].values():
+        st, en = row["sentence-transformers"], row["engine"]
+        for c in (st, en):
+            assert len(c["seconds_all"]) == 2
+            assert c["seconds_median"] == pytest.approx(sum(c["seconds_all"]) / 2)
+            assert c["tokens_per_s"] == pytest.approx(row["tokens"] / c["seconds_median"])
+            assert c["mfu"] == pytest.approx(row["tokens"] * flops / c["seconds_median"] / 1e9 / row["gemm_peak_gflops"])
+        assert row["speedup"] == pytest.approx(st["seconds_median"] / en["seconds_median"])
+        assert row["speedup_ceiling"] == pytest.approx(1 / st["mfu"])
+        assert row["min_cosine_vs_st"] >= 0.99999
+    assert model["forward_path"].startswith("packed")
+    lat = model["latency_batch1"]["engine"]
+    assert 0 < lat["p50_ms"] <= lat["p99_ms"]
+
+
+def test_long_documents_are_long_and_table_lists_every_set(tiny_run):
+    out, results, lines = tiny_run
+    long_row = results["models"]["minilm"]["sets"]["long"]
+    assert long_row["mean_tokens"] >= 250  # ~300-token documents, cut at MiniLM's 256
+    table = format_table(results)
+    assert table.count("| minilm |") == 2
+    assert "ceiling" in table and (out / "engine_bench.png").is_file()
+    assert any("ceiling" in line for line in lines)
+
+
+def test_prepared_gpu_data_fits_a_device_carry_and_embeds_the_same(tmp_path, minilm_engine, corpus, Engine, monkeypatch):
+    """bench/prepare_gpu_data.py: the float16 MiniLM copy plus the corpus stay under the 64 MiB a
+    device run may carry, and the copy embeds like the original (weights rounded to fp16 only)."""
+    import importlib.util
+
+    import torch
+
+    from poolworker import benchmark
+
+    spec = importlib.util.spec_from_file_location("prepare_gpu_data", Path(__file__).resolve().parents[1] / "bench" / "prepare_gpu_data.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    written = module.prepare(tmp_path)
+    size = sum(f.stat().st_size for f in tmp_path.rglob("*") if f.is_file())
+    assert size < 64 * 2**20
+    assert written["corpus"].read_bytes() == builders.corpus_path().read_bytes()
+
+    monkeypatch.setenv(benchmark.MINILM_ENV, str(written["model"]))
+    monkeypatch.setenv(benchmark.CORPUS_ENV, str(written["corpus"]))
+    assert benchmark.find_minilm() == written["model"] and benchmark.find_corpus() == written["corpus"]
+    copy = Engine(str(written["model"]))
+    texts = corpus[:32]
+    a = torch.tensor([o.outputs.embedding for o in copy.embed(texts, truncate_prompt_tokens=-1)])
+    b = torch.tensor([o.outputs.embedding for o in minilm_engine.embed(texts, truncate_prompt_tokens=-1)])
+    assert torch.nn.functional.cosine_similarity(a, b).min().item() >= 0.9999
