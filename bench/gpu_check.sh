@@ -13,7 +13,10 @@
 #   --smoke: tiny sizes so the script's logic runs on a CPU machine (the kernels then run under
 #            TRITON_INTERPRET=1 and step 1 runs the non-gpu kernel tests instead of `-m gpu`).
 # Env: PYTHON (default .venv/bin/python if present, else python3), OUT, POOLWORKER_MINILM_PATH,
-#      POOLWORKER_CORPUS (see the two bench scripts for where they look by default).
+#      POOLWORKER_CORPUS (default: the installed package / ../shared/corpus, else bench/data/).
+# The GPU image has neither the MiniLM package nor ../shared: first run, where they are,
+#   python bench/prepare_gpu_data.py      # bench/data/: fp16 MiniLM copy + corpus, ~46 MiB
+# then start the device run with carry=["bench/data"].
 # Every step runs even if an earlier one failed; the exit status is non-zero if any failed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -23,7 +26,7 @@ SMOKE=0
 for arg in "$@"; do
     case "$arg" in
         --smoke) SMOKE=1 ;;
-        -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
         *) echo "unknown argument: $arg" >&2; exit 2 ;;
     esac
 done

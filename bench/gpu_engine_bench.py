@@ -47,29 +47,22 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 # Inputs
 # ----------------------------------------------------------------------------------------------
 def find_minilm() -> Path:
-    """$POOLWORKER_MINILM_PATH, the bundled package or HF cache, or bench/data/all-MiniLM-L6-v2."""
-    explicit = os.environ.get("POOLWORKER_MINILM_PATH")
-    if explicit:
-        return Path(explicit)
-    from poolworker.engine import ModelNotFoundError, resolve_model_path
+    from poolworker import benchmark
 
     try:
-        return resolve_model_path("all-MiniLM-L6-v2")
-    except (ModelNotFoundError, ImportError) as exc:
-        copy = ROOT / "bench" / "data" / "all-MiniLM-L6-v2"
-        if (copy / "config.json").is_file():
-            return copy
-        raise SystemExit(f"all-MiniLM-L6-v2 not found ({exc}); set POOLWORKER_MINILM_PATH or copy it to {copy}") from exc
+        return benchmark.find_minilm()
+    except FileNotFoundError as exc:
+        raise SystemExit(str(exc)) from exc
 
 
 def load_corpus(limit: int | None) -> tuple[list[str], str]:
-    for path in (os.environ.get("POOLWORKER_CORPUS"), ROOT.parent / "shared" / "corpus" / "docstrings.jsonl",
-                 ROOT / "bench" / "data" / "docstrings.jsonl"):
-        if path and Path(path).is_file():
-            with open(path, encoding="utf-8") as fh:
-                texts = [json.loads(line)["text"] for line in fh if line.strip()]
-            return texts[:limit] if limit else texts, str(path)
-    raise SystemExit("docstrings corpus not found in ../shared/corpus or bench/data (or $POOLWORKER_CORPUS)")
+    from poolworker import benchmark
+
+    try:
+        path = benchmark.find_corpus()
+    except FileNotFoundError as exc:
+        raise SystemExit(str(exc)) from exc
+    return benchmark.load_texts(limit, path), str(path)
 
 
 def build_bert_base(folder: Path, tokenizer_from: Path, smoke: bool) -> Path:

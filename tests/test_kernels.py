@@ -30,7 +30,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from poolworker.kernels import pooling as ref
 
-from poolworker import kernels
+from poolworker import benchmark, kernels
 
 REPO = Path(__file__).resolve().parent.parent
 TRITON_MISSING = importlib.util.find_spec("triton") is None
@@ -312,33 +312,6 @@ def test_cuda_maxsim(dtype, dim):
 # ----------------------------------------------------------------------------------------------
 # CUDA: the engine against sentence-transformers
 # ----------------------------------------------------------------------------------------------
-def find_minilm() -> Path:
-    """The MiniLM folder: $POOLWORKER_MINILM_PATH, the bundled package or HF cache, or a copy
-    under bench/data/."""
-    explicit = os.environ.get("POOLWORKER_MINILM_PATH")
-    if explicit:
-        return Path(explicit)
-    from poolworker.engine import ModelNotFoundError, resolve_model_path
-
-    try:
-        return resolve_model_path("all-MiniLM-L6-v2")
-    except (ModelNotFoundError, ImportError) as exc:
-        copy = REPO / "bench" / "data" / "all-MiniLM-L6-v2"
-        if (copy / "config.json").is_file():
-            return copy
-        pytest.fail(f"all-MiniLM-L6-v2 not found ({exc}); set POOLWORKER_MINILM_PATH or copy it to {copy}")
-
-
-def load_corpus(n: int) -> list[str]:
-    for path in (os.environ.get("POOLWORKER_CORPUS"), REPO.parent / "shared" / "corpus" / "docstrings.jsonl",
-                 REPO / "bench" / "data" / "docstrings.jsonl"):
-        if path and Path(path).is_file():
-            with open(path, encoding="utf-8") as fh:
-                texts = [json.loads(line)["text"] for line in fh if line.strip()]
-            return texts[:n]
-    pytest.fail("docstrings corpus not found in ../shared/corpus or bench/data (or $POOLWORKER_CORPUS)")
-
-
 @gpu
 @needs_cuda
 def test_engine_on_cuda_matches_sentence_transformers():
@@ -346,8 +319,11 @@ def test_engine_on_cuda_matches_sentence_transformers():
 
     from poolworker import Engine
 
-    path = find_minilm()
-    texts = load_corpus(500)
+    try:
+        path = benchmark.find_minilm()
+        texts = benchmark.load_texts(500, benchmark.find_corpus())
+    except FileNotFoundError as exc:
+        pytest.fail(str(exc))
     engine = Engine(str(path), device="cuda", dtype="float32")
     outs = engine.embed(texts, truncate_prompt_tokens=-1, use_tqdm=False)
     got = torch.tensor([o.outputs.embedding for o in outs])
