@@ -42,7 +42,7 @@ class WorkerProcess:
     proc: subprocess.Popen | None = None
 
     def start(self) -> WorkerProcess:
-        self.proc = subprocess.Popen([sys.executable, "-m", "poolworker.cli", "run", "--log-level", "INFO"], cwd=REPO,
+        self.proc = subprocess.Popen([sys.executable, "-m", "poolworker.cli", "run", "--log-level", os.environ.get("RELIABILITY_WORKER_LOG", "INFO")], cwd=REPO,
                                      env=self.env, stdout=self.log_path.open("w"), stderr=subprocess.STDOUT)
         return self
 

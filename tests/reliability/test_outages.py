@@ -25,7 +25,12 @@ def test_broker_restart_with_durable_storage_worker_reconnects(pool, topics, rep
     broker = pool.add(LocalBroker(free_port(), storage="s3://tansu/", env=aws_env).start())
     bs = broker.bootstrap_servers
     create_topics(bs, topics, partitions=3)
-    worker = pool.worker(bs, topics, "worker", max_inflight_requests=128)
+    # Tansu 0.6 (S3 storage) answers DUPLICATE_SEQUENCE_NUMBER after a restart for a batch that was
+    # in flight at the stop and that it did not keep; kafka-python takes that answer as success, so
+    # with idempotence on, a result can vanish (seen in 3 of 4 runs on a loaded 2-core machine).
+    # Apache Kafka writes a batch and its producer state together. Without idempotence the resend
+    # lands as a duplicate: what this test checks is that the worker reconnects and answers all.
+    worker = pool.worker(bs, topics, "worker", max_inflight_requests=128, kafka_options={"enable_idempotence": False})
     n = 600
     produce(bs, topics["requests_topic"], embed_requests(n))
     reader = TopicReader(bs, topics["results_topic"])
@@ -41,7 +46,7 @@ def test_broker_restart_with_durable_storage_worker_reconnects(pool, topics, rep
         produce(bs, topics["requests_topic"], embed_requests(200, prefix="after", start=n))
         reader = TopicReader(bs, topics["results_topic"])  # the records before the stop survived in S3
         expected = {f"r{i}" for i in range(n)} | {f"after{i}" for i in range(n, n + 200)}
-        assert reader.until(lambda r: ids_answered(r) >= expected, 180), worker.tail()
+        assert reader.until(lambda r: ids_answered(r) >= expected, 180), _stalled(worker, reader, expected)
         reader.settle()
     finally:
         reader.close()
@@ -51,6 +56,17 @@ def test_broker_restart_with_durable_storage_worker_reconnects(pool, topics, rep
     duplicates = len(reader.records) - len(expected)
     report["broker restart (s3 storage)"] = (f"{n}+200 requests, broker down {restarted_s:.1f}s mid-run; all answered, "
                                              f"{duplicates} duplicates; worker never restarted")
+
+
+def _stalled(worker, reader: TopicReader, expected: set[str]) -> str:
+    """What a stalled run looked like: how far it got, and the worker's own gauges."""
+    missing = sorted(expected - ids_answered(reader.records))
+    try:
+        gauges = {name: worker.metric(name) for name in ("poolworker_inflight_requests", "poolworker_requests_total",
+                                                         "poolworker_consumer_lag", "poolworker_paused_partitions")}
+    except Exception as exc:  # noqa: BLE001 - a diagnosis must not hide the failure
+        gauges = {"metrics unavailable": repr(exc)}
+    return f"{len(missing)} of {len(expected)} unanswered (e.g. {missing[:5]}); {gauges}\n{worker.tail()}"
 
 
 def test_redis_outage_answers_everything_counts_errors_and_recovers(broker, pool, topics, tmp_path, report):
