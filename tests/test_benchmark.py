@@ -40,6 +40,7 @@ def test_reported_numbers_follow_from_the_measured_times(tiny_run):
             assert c["mfu"] == pytest.approx(row["tokens"] * flops / c["seconds_median"] / 1e9 / row["gemm_peak_gflops"])
         assert row["speedup"] == pytest.approx(st["seconds_median"] / en["seconds_median"])
         assert row["speedup_ceiling"] == pytest.approx(1 / st["mfu"])
+        assert row["gemm_peak_gflops"] == model["gemm_peak_gflops"]  # one peak, the best of the run
         assert row["min_cosine_vs_st"] >= 0.99999
     assert model["forward_path"].startswith("packed")
     lat = model["latency_batch1"]["engine"]
