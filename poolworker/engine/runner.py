@@ -165,10 +165,12 @@ class Runner:
             batches = plan_batches(lengths, self.max_batch_tokens, self.max_batch_size)
             run = self._forward_batch
         bar = tqdm(total=len(ids), desc="pooling", unit="seq", disable=not use_tqdm or len(batches) < 4, leave=False)
-        for batch in batches:
-            yield batch, run([ids[i] for i in batch], None if token_type_ids is None else [token_type_ids[i] for i in batch])
-            bar.update(len(batch))
-        bar.close()
+        try:
+            for batch in batches:
+                yield batch, run([ids[i] for i in batch], None if token_type_ids is None else [token_type_ids[i] for i in batch])
+                bar.update(len(batch))
+        finally:  # also when the caller stops early
+            bar.close()
 
     # -- packed path ----------------------------------------------------------------------------
     def _forward_packed(self, ids: list[list[int]], types: list[list[int]] | None) -> Packed:
