@@ -15,7 +15,6 @@ from tqdm.auto import tqdm
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Serve pooling models from streams.")
 
-DEMO_CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "corpus" / "docstrings.jsonl"
 _FALLBACK_DOCS = [
     "Kafka topics carry the requests; a consumer group spreads partitions over workers.",
     "Sentence embeddings map texts to vectors whose cosine similarity tracks meaning.",
@@ -50,10 +49,12 @@ def models(
 
 
 def _demo_texts(limit: int) -> list[str]:
-    if DEMO_CORPUS.is_file():
-        with DEMO_CORPUS.open(encoding="utf-8") as f:
-            return [json.loads(line)["text"] for line, _ in zip(f, range(limit))]
-    return (_FALLBACK_DOCS * (limit // len(_FALLBACK_DOCS) + 1))[:limit]
+    from .benchmark import find_corpus, load_texts
+
+    try:
+        return load_texts(limit, find_corpus())
+    except FileNotFoundError:
+        return (_FALLBACK_DOCS * (limit // len(_FALLBACK_DOCS) + 1))[:limit]
 
 
 def _setup_logging(level: str) -> None:
