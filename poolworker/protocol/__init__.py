@@ -1,0 +1,28 @@
+"""Request and result messages: the Kafka-facing contract (DESIGN.md §4).
+
+One module per job: ``errors`` (what can go wrong, as values), ``request`` (the request model
+and its checks), ``decoding`` (hostile bytes → request), ``results`` (result messages and their
+encoding). Import from here; the split is an implementation detail.
+"""
+
+from .decoding import DEFAULT_MAX_DEPTH, DEFAULT_MAX_REQUEST_BYTES, parse_request
+from .errors import ErrorInfo, InvalidRequest, UnparseableMessage
+from .request import DEFAULT_MAX_ITEMS, TASKS, PoolingRequest, PoolingTask, Task
+from .results import encode_message, result_message, status_of
+
+__all__ = [
+    "DEFAULT_MAX_DEPTH",
+    "DEFAULT_MAX_ITEMS",
+    "DEFAULT_MAX_REQUEST_BYTES",
+    "TASKS",
+    "ErrorInfo",
+    "InvalidRequest",
+    "PoolingRequest",
+    "PoolingTask",
+    "Task",
+    "UnparseableMessage",
+    "encode_message",
+    "parse_request",
+    "result_message",
+    "status_of",
+]
