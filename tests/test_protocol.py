@@ -8,6 +8,7 @@ import string
 import sys
 import time
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -381,6 +382,56 @@ def test_encode_message_writes_utf8_and_refuses_nan():
     assert encode_message({"text": "caf\u00e9 \U0001f600"}) == '{"text":"caf\u00e9 \U0001f600"}'.encode("utf-8")
     with pytest.raises(ValueError):
         encode_message({"score": float("nan")})
+
+
+NON_FINITE = [float("nan"), float("inf"), float("-inf")]
+
+
+@pytest.mark.parametrize("bad", NON_FINITE)
+@pytest.mark.parametrize(
+    "place",
+    [
+        lambda x: {"score": x},
+        lambda x: {"data": [{"index": 0, "embedding": [0.5, x, 0.25]}]},
+        lambda x: {"data": [{"data": [[0.5, 1.0], [x, 2.0]]}]},
+        lambda x: {"metadata": {"tags": ["a", 1, x]}},
+        lambda x: {"pair": (1.0, x)},
+        lambda x: {"data": [{"embedding": np.array([0.5, x], dtype=np.float32)}]},
+        lambda x: {"data": [{"data": np.array([[0.5, 1.0], [2.0, x]], dtype=np.float32)}]},
+        lambda x: {"data": [np.array([1.0, 2.0]), np.array([x, 2.0])]},
+        lambda x: {"score": np.float32(x)},
+        lambda x: {"score": np.float64(x)},
+        lambda x: {"mixed": [2**70, x]},
+    ],
+)
+def test_encode_message_refuses_a_non_finite_number_anywhere(place, bad):
+    """orjson would write NaN as null, which a caller would read as a missing value."""
+    with pytest.raises(ValueError):
+        encode_message(place(bad))
+
+
+def test_encode_message_accepts_finite_values_whose_sum_overflows():
+    assert json.loads(encode_message({"x": [1e308, 1e308]})) == {"x": [1e308, 1e308]}
+
+
+def test_encode_message_writes_numpy_arrays_as_json_arrays_of_the_same_float32_values():
+    rng = np.random.default_rng(7)
+    vector = rng.standard_normal(384).astype(np.float32)
+    matrix = rng.standard_normal((5, 8)).astype(np.float32)
+    encoded = encode_message({"embedding": vector, "data": matrix, "strided": matrix[:, ::2], "big_endian": vector.astype(">f4")})
+    decoded = json.loads(encoded)
+    assert np.array_equal(np.array(decoded["embedding"], dtype=np.float32), vector)
+    assert np.array_equal(np.array(decoded["data"], dtype=np.float32), matrix)
+    assert np.array_equal(np.array(decoded["strided"], dtype=np.float32), matrix[:, ::2])
+    assert np.array_equal(np.array(decoded["big_endian"], dtype=np.float32), vector)
+    # float32 values go out in their shortest float32 form, not as their float64 expansion
+    assert encode_message({"x": np.array([0.1], dtype=np.float32)}) == b'{"x":[0.1]}'
+
+
+def test_encode_message_keeps_what_json_accepted():
+    """Integers beyond 64 bits (a caller's metadata may hold them) and non-string keys."""
+    message = {"metadata": {"id": 2**70, "neg": -(2**70)}, 3: True}
+    assert json.loads(encode_message(message)) == json.loads(json.dumps(message))
 
 
 # ------------------------------------------------------------------------------------------------
