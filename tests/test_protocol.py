@@ -426,6 +426,8 @@ def test_encode_message_writes_numpy_arrays_as_json_arrays_of_the_same_float32_v
     assert np.array_equal(np.array(decoded["big_endian"], dtype=np.float32), vector)
     # float32 values go out in their shortest float32 form, not as their float64 expansion
     assert encode_message({"x": np.array([0.1], dtype=np.float32)}) == b'{"x":[0.1]}'
+    # ... also from a strided view (a Matryoshka cut of a batch)
+    assert encode_message({"x": matrix[:, ::2]}) == encode_message({"x": matrix[:, ::2].copy()})
 
 
 def test_encode_message_keeps_what_json_accepted():

@@ -13,7 +13,8 @@ import orjson
 from .errors import ErrorInfo
 
 # Vectors travel as numpy arrays so that orjson writes them in C, without a Python float each.
-_ORJSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
+# Dataclasses and datetimes go to _plain, which refuses them, as json.dumps did.
+_ORJSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_DATETIME
 
 
 def result_message(
@@ -66,7 +67,12 @@ def encode_message(message: Mapping[str, Any]) -> bytes:
 
 
 def _plain(value: Any) -> Any:
-    """Numpy values orjson does not take natively (non-contiguous, other byte order) as Python ones."""
+    """What orjson hands back: a strided array (a cut view) becomes a contiguous copy, then
+    written natively in the same float32 form as any other array; other numpy values become
+    Python ones; anything else is refused, as ``json.dumps`` refused it. (orjson refuses
+    byte-swapped arrays without asking; they go through ``json``, as lists.)"""
+    if isinstance(value, np.ndarray) and not value.flags.c_contiguous:
+        return np.ascontiguousarray(value)
     if isinstance(value, (np.ndarray, np.generic)):
         return value.tolist()
     raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
@@ -75,29 +81,57 @@ def _plain(value: Any) -> Any:
 def _all_finite(value: Any) -> bool:
     """Whether every float in a JSON-like tree is finite, without a Python step per float.
 
-    Arrays are checked by numpy. A list is first summed in C: a NaN or infinity in it makes the
+    Float arrays are gathered and checked by numpy in one call (a call per small array would
+    cost more than encoding it). A list is first summed in C: a NaN or infinity in it makes the
     sum non-finite, so a finite sum proves the whole list finite; only lists that are not all
     numbers (or whose sum overflowed) are walked item by item. An explicit stack, so a wide or
-    deep tree costs no recursion.
+    deep tree costs no recursion; one dict lookup per node picks its branch.
     """
+    arrays: list[np.ndarray | np.generic] = []
     stack = [value]
     while stack:
         item = stack.pop()
-        if isinstance(item, float):
+        kind = _KIND_OF.get(type(item)) or _kind_of(type(item))
+        if kind is _LEAF:
+            continue
+        if kind is _MAPPING:
+            stack.extend(item.values())
+        elif kind is _FLOAT:
             if not math.isfinite(item):
                 return False
-        elif isinstance(item, dict):
-            stack.extend(item.values())
-        elif isinstance(item, (list, tuple)):
+        elif kind is _SEQUENCE:
             if not _finite_sum(item):
                 stack.extend(item)
-        elif isinstance(item, (np.ndarray, np.generic)):
-            kind = item.dtype.kind
-            if kind in "fc" and not np.isfinite(item).all():
-                return False
-            if kind == "O":  # Python objects: orjson would write them through _plain, so look inside
-                stack.append(item.tolist())
-    return True
+        elif item.dtype.kind in "fc":  # _NUMPY
+            arrays.append(item)
+        elif item.dtype.kind == "O":  # Python objects: orjson writes them through _plain, so look inside
+            stack.append(item.tolist())
+    if not arrays:
+        return True
+    values = arrays[0] if len(arrays) == 1 else np.concatenate(arrays, axis=None)
+    return bool(np.isfinite(values).all())
+
+
+# How _all_finite treats a node, by its type (subclasses included, resolved once per type).
+_LEAF, _MAPPING, _FLOAT, _SEQUENCE, _NUMPY = "leaf", "mapping", "float", "sequence", "numpy"
+_KIND_OF: dict[type, str] = {str: _LEAF, int: _LEAF, bool: _LEAF, type(None): _LEAF, dict: _MAPPING,
+                             float: _FLOAT, list: _SEQUENCE, tuple: _SEQUENCE, np.ndarray: _NUMPY}
+
+
+def _kind_of(cls: type) -> str:
+    """The branch for a type not seen before; numpy first (``np.float64`` is also a float)."""
+    if issubclass(cls, (np.ndarray, np.generic)):
+        kind = _NUMPY
+    elif issubclass(cls, float):
+        kind = _FLOAT
+    elif issubclass(cls, dict):
+        kind = _MAPPING
+    elif issubclass(cls, (list, tuple)):
+        kind = _SEQUENCE
+    else:  # str, int, None and what orjson does not write (it passes them to _plain, which refuses)
+        kind = _LEAF
+    _KIND_OF[cls] = kind
+    return kind
 
 
 def _finite_sum(items: list | tuple) -> bool:
