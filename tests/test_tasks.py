@@ -9,10 +9,16 @@ import math
 import struct
 from dataclasses import replace
 
+import numpy as np
 import pytest
 
 from poolworker import Engine
-from poolworker.protocol import InvalidRequest, PoolingRequest, parse_request
+from poolworker.protocol import (
+    InvalidRequest,
+    PoolingRequest,
+    encode_message,
+    parse_request,
+)
 from poolworker.tasks import (
     Item,
     ItemResult,
@@ -50,6 +56,11 @@ def respond(engine: Engine, req: PoolingRequest) -> tuple[dict, list[ItemResult]
 def decode_f32(text: str) -> list[float]:
     raw = base64.b64decode(text, validate=True)
     return list(struct.unpack(f"<{len(raw) // 4}f", raw))
+
+
+def plain(values) -> list:
+    """Body values as Python lists, whether the engine gave lists or numpy arrays."""
+    return np.asarray(values).tolist()
 
 
 def close(a: list[float], b: list[float], tol: float = 1e-6) -> bool:
@@ -143,7 +154,7 @@ def test_embed_body_equals_engine_embed(engine):
     assert [d["index"] for d in body["data"]] == [0, 1, 2]
     assert all(d["object"] == "embedding" for d in body["data"])
     for got, want in zip(body["data"], expected):
-        assert got["embedding"] == want.outputs.embedding
+        assert plain(got["embedding"]) == plain(want.outputs.embedding)
     tokens = sum(o.num_prompt_tokens for o in expected)
     assert body["usage"] == {"prompt_tokens": tokens, "total_tokens": tokens}
     assert tokens == sum(r.num_tokens for r in results)
@@ -154,7 +165,7 @@ def test_embed_options_reach_the_engine(engine):
     body, _ = respond(engine, request(task="embed", input=ids, dimensions=64, truncate_prompt_tokens=3))
     expected = engine.embed(ids, dimensions=64, truncate_prompt_tokens=3, use_tqdm=False)
     assert [len(d["embedding"]) for d in body["data"]] == [64, 64]
-    assert [d["embedding"] for d in body["data"]] == [o.outputs.embedding for o in expected]
+    assert [plain(d["embedding"]) for d in body["data"]] == [plain(o.outputs.embedding) for o in expected]
     assert body["usage"]["prompt_tokens"] == 6  # both truncated to 3 tokens
 
 
@@ -172,6 +183,65 @@ def test_float32_base64_is_little_endian_and_flattens_rows():
     assert decode_f32(float32_base64(0.25)) == [0.25]
 
 
+def test_float32_base64_of_arrays_matches_struct_packing():
+    vector = np.array([0.1, -2.5, 3e-8], dtype=np.float32)
+    matrix = np.arange(12, dtype=np.float32).reshape(3, 4) / 7
+    assert base64.b64decode(float32_base64(vector)) == struct.pack("<3f", *vector.tolist())
+    assert base64.b64decode(float32_base64(matrix)) == struct.pack("<12f", *matrix.ravel().tolist())
+    # other byte orders, float64 and strided views are converted, rows still flattened in order
+    assert float32_base64(vector.astype(">f4")) == float32_base64(vector)
+    assert decode_f32(float32_base64(matrix[:, ::2].astype(np.float64))) == [x for row in matrix[:, ::2].tolist() for x in row]
+
+
+# ------------------------------------------------------------------------------------------------
+# bodies from numpy results: same shape and key order as from lists, encoded natively
+# ------------------------------------------------------------------------------------------------
+def test_embed_body_from_arrays_encodes_to_the_same_json_as_from_lists():
+    req = request(task="embed", input=["a", "b"])
+    vectors = [np.array([0.5, -2.0], dtype=np.float32), np.array([0.25, 1.0], dtype=np.float32)]
+    body = assemble(req, plan(req), [ItemResult(v, 3) for v in vectors], model="m")
+    assert encode_message(body) == (
+        b'{"object":"list","model":"m","data":[{"object":"embedding","index":0,"embedding":[0.5,-2.0]},'
+        b'{"object":"embedding","index":1,"embedding":[0.25,1.0]}],"usage":{"prompt_tokens":6,"total_tokens":6}}'
+    )
+    from_lists = assemble(req, plan(req), [ItemResult(v.tolist(), 3) for v in vectors], model="m")
+    assert encode_message(from_lists) == encode_message(body)
+
+
+def test_token_matrix_from_an_array_is_rows_in_json_and_flattened_in_base64():
+    matrix = np.array([[0.5, 1.5], [-1.0, 2.0], [0.0, 4.0]], dtype=np.float32)
+    req = request(task="token_embed", input="a")
+    body = assemble(req, plan(req), [ItemResult(matrix, 3)], model="m")
+    assert json.loads(encode_message(body))["data"] == [{"object": "pooling", "index": 0, "data": [[0.5, 1.5], [-1.0, 2.0], [0.0, 4.0]]}]
+    req = request(task="token_embed", input="a", encoding_format="base64")
+    body = assemble(req, plan(req), [ItemResult(matrix, 3)], model="m")
+    assert decode_f32(body["data"][0]["data"]) == [0.5, 1.5, -1.0, 2.0, 0.0, 4.0]
+
+
+def test_classify_from_arrays_takes_the_first_best_label():
+    req = request(task="classify", input=["a", "b"])
+    results = [ItemResult(np.array([0.1, 0.45, 0.45], dtype=np.float32), 2), ItemResult(np.array([0.75, 0.25], dtype=np.float32), 1)]
+    body = assemble(req, plan(req), results, model="m", id2label={0: "neg", 1: "pos"})
+    assert [(d["index"], d["label"], d["num_classes"]) for d in body["data"]] == [(0, "pos", 3), (1, "neg", 2)]
+    assert json.loads(encode_message(body))["data"][1] == {"index": 1, "label": "neg", "probs": [0.75, 0.25], "num_classes": 2}
+
+
+@pytest.mark.parametrize("bad", [np.zeros((2, 3), dtype=np.float32), np.zeros(0, dtype=np.float32), [[0.5, 0.5]], [], 0.5])
+def test_classify_refuses_what_is_not_a_probability_vector(bad):
+    req = request(task="classify", input="a")
+    with pytest.raises(TypeError):
+        assemble(req, plan(req), [ItemResult(bad, 1)], model="m")
+
+
+def test_scores_may_be_numpy_scalars_but_not_vectors():
+    req = request(task="score", text_1="q", text_2=["a", "b"])
+    body = assemble(req, plan(req), [ItemResult(np.float32(0.5), 2), ItemResult(0.25, 2)], model="m")
+    assert [d["score"] for d in body["data"]] == [0.5, 0.25]
+    assert all(type(d["score"]) is float for d in body["data"])
+    with pytest.raises(TypeError):
+        assemble(req, plan(req), [ItemResult(np.array([0.5], dtype=np.float32), 2), ItemResult(0.25, 2)], model="m")
+
+
 # ------------------------------------------------------------------------------------------------
 # token tasks and pooling
 # ------------------------------------------------------------------------------------------------
@@ -180,7 +250,7 @@ def test_token_embed_body_equals_engine_encode(engine):
     expected = engine.encode(DOCS[:2], pooling_task="token_embed", use_tqdm=False)
     for got, want in zip(body["data"], expected):
         assert got["object"] == "pooling"
-        assert got["data"] == want.outputs.data.tolist()
+        assert plain(got["data"]) == plain(want.outputs.data)
         assert len(got["data"]) == want.num_prompt_tokens  # one row per token
     assert body["usage"]["prompt_tokens"] == sum(r.num_tokens for r in results) == sum(o.num_prompt_tokens for o in expected)
 
@@ -197,7 +267,7 @@ def test_pooling_without_a_pooling_task_uses_the_model_default(engine):
     results = run_plan(engine, work)
     body = assemble(request(task="pooling", input=[DOCS[1]]), work, results, model="m")
     assert engine.default_task == "embed"
-    assert body["data"][0]["data"] == engine.embed([DOCS[1]], use_tqdm=False)[0].outputs.embedding
+    assert plain(body["data"][0]["data"]) == plain(engine.embed([DOCS[1]], use_tqdm=False)[0].outputs.embedding)
 
 
 @pytest.mark.parametrize("task", ["token_classify", "reward"])
@@ -225,7 +295,7 @@ def test_classify_body_matches_engine_classify(Engine, seq_cls_path):
     expected = classifier.classify(DOCS, use_tqdm=False)
     assert [d["index"] for d in body["data"]] == list(range(len(DOCS)))
     for got, want in zip(body["data"], expected):
-        assert got["probs"] == want.outputs.probs
+        assert plain(got["probs"]) == plain(want.outputs.probs)
         assert got["label"] == want.outputs.label
         assert got["num_classes"] == 3
         assert got["label"] == id2label[max(range(3), key=got["probs"].__getitem__)]
@@ -308,7 +378,7 @@ def test_run_plan_on_a_subset_of_items_matches_the_full_run(engine):
     work = plan(request(task="embed", input=DOCS))
     full = run_plan(engine, work)
     part = run_plan(engine, replace(work, items=work.items[2:]))
-    assert [r.data for r in part] == [r.data for r in full[2:]]
+    assert [plain(r.data) for r in part] == [plain(r.data) for r in full[2:]]
     assert run_plan(engine, replace(work, items=())) == []
 
 

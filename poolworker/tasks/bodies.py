@@ -2,43 +2,42 @@
 
 Bodies are deterministic (no ``created`` timestamp, no random id) so that a replayed request
 yields a byte-identical result, which at-least-once delivery relies on.
+
+Vectors and matrices stay numpy arrays in the body when the engine gave arrays:
+``protocol.encode_message`` writes them in C, so no stage spends Python work per float. Plain
+lists (older callers) are accepted everywhere and go out unchanged.
 """
 
 from __future__ import annotations
 
 import base64
-import sys
-from array import array
 from collections.abc import Mapping, Sequence
 from typing import Any
+
+import numpy as np
 
 from poolworker.protocol import PoolingRequest
 
 from .items import ItemResult, Plan
 
+# What ``ItemResult.data`` may hold: a score; a float32 vector (1-D) or token matrix (2-D, one row
+# per token); or the same as Python lists, as older callers pass them.
+ItemData = float | np.ndarray | list[float] | list[list[float]]
 
-def float32_base64(data: float | list[float] | list[list[float]]) -> str:
+
+def float32_base64(data: ItemData) -> str:
     """Standard base64 of the values as little-endian float32, rows flattened in order (what
     vLLM clients decode with ``np.frombuffer(b64decode(s), dtype="<f4")``)."""
-    rows = data if isinstance(data, list) else [data]
-    flat = [x for row in rows for x in row] if rows and isinstance(rows[0], list) else rows
-    packed = array("f", flat)
-    if sys.byteorder == "big":
-        packed.byteswap()
-    return base64.b64encode(packed.tobytes()).decode("ascii")
+    return base64.b64encode(np.asarray(data, dtype="<f4").tobytes()).decode("ascii")
 
 
-def _encoded(data: Any, encoding_format: str) -> Any:
+def _encoded(data: ItemData, encoding_format: str) -> ItemData | str:
     return float32_base64(data) if encoding_format == "base64" else data
 
 
 def _usage(results: Sequence[ItemResult]) -> dict[str, int]:
     tokens = sum(r.num_tokens for r in results)
     return {"prompt_tokens": tokens, "total_tokens": tokens}
-
-
-def _argmax(values: Sequence[float]) -> int:
-    return max(range(len(values)), key=values.__getitem__)
 
 
 def _embed(request: PoolingRequest, results: Sequence[ItemResult]) -> list[dict[str, Any]]:
@@ -53,11 +52,25 @@ def _classify(results: Sequence[ItemResult], id2label: Mapping[int, str] | None)
     data = []
     for i, r in enumerate(results):
         probs = r.data
-        if not isinstance(probs, list) or not probs or isinstance(probs[0], list):
-            raise TypeError(f"classify item {i}: expected a probability vector, got {type(probs).__name__}")
-        best = _argmax(probs)  # type: ignore[arg-type]
+        if not _is_vector(probs):
+            raise TypeError(f"classify item {i}: expected a probability vector, got {_describe(probs)}")
+        # ties: the first of equal maxima, as before; the method skips np.argmax's dispatch
+        best = int(probs.argmax() if isinstance(probs, np.ndarray) else np.argmax(probs))
         data.append({"index": i, "label": labels.get(best, str(best)), "probs": probs, "num_classes": len(probs)})
     return data
+
+
+def _is_vector(data: ItemData) -> bool:
+    """A non-empty 1-D array, or a non-empty list of numbers (not of rows)."""
+    if isinstance(data, np.ndarray):
+        return data.ndim == 1 and data.size > 0
+    return isinstance(data, list) and bool(data) and not isinstance(data[0], list)
+
+
+def _describe(data: object) -> str:
+    if isinstance(data, np.ndarray):
+        return f"an array of shape {data.shape}"
+    return type(data).__name__
 
 
 def _pooling(request: PoolingRequest, results: Sequence[ItemResult]) -> list[dict[str, Any]]:
@@ -70,8 +83,8 @@ def _pooling(request: PoolingRequest, results: Sequence[ItemResult]) -> list[dic
 def _scores(results: Sequence[ItemResult]) -> list[float]:
     scores = []
     for i, r in enumerate(results):
-        if isinstance(r.data, (list, bool)):
-            raise TypeError(f"score item {i}: expected a float, got {type(r.data).__name__}")
+        if isinstance(r.data, (list, bool)) or (isinstance(r.data, np.ndarray) and r.data.ndim > 0):
+            raise TypeError(f"score item {i}: expected a float, got {_describe(r.data)}")
         scores.append(float(r.data))
     return scores
 
