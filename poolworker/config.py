@@ -73,7 +73,8 @@ class WorkerSettings(BaseSettings):
     allow_pickle: bool = False
 
     # batching and flow control
-    max_batch_tokens: int = Field(8192, ge=16)
+    max_batch_tokens: int | None = Field(None, ge=16, description="tokens per micro-batch and per forward pass; "
+                                         "unset: the device's default (2048 on CPU, 65536 on CUDA)")
     max_batch_requests: int = Field(256, ge=1)
     max_wait_ms: int = Field(5, ge=0)
     max_inflight_requests: int = Field(2048, ge=1)

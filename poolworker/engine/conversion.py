@@ -53,3 +53,43 @@ def is_classifier_architecture(architecture: str) -> bool:
 
 def is_token_classifier(architecture: str) -> bool:
     return architecture.endswith("ForTokenClassification")
+
+
+# -- which families are served: an allow-list, each entry proven by tests/test_fidelity.py -------
+# Hidden states of these backbones, pooled, match transformers / sentence-transformers.
+EMBED_FAMILIES = frozenset({
+    "bert", "roberta", "xlm-roberta", "distilbert", "albert", "electra", "deberta-v2", "modernbert", "mpnet",
+    "t5", "qwen2", "qwen3", "llama", "mistral", "gemma3_text",
+})
+# SPLADE needs the masked-LM head as one module applied per token (tests/test_engine_splade.py).
+SPLADE_FAMILIES = frozenset({"bert"})
+
+
+class UnsupportedArchitectureError(ValueError):
+    """Raised at load for a family whose outputs are not proven equal to its reference: serving
+    it would risk answers that look right and are not."""
+
+    def __init__(self, architecture: str, model_type: str, kind: ModelKind, supported: list[str]) -> None:
+        self.architecture = architecture
+        self.model_type = model_type
+        self.kind = kind
+        self.supported = supported
+        super().__init__(
+            f"{architecture} (model_type {model_type!r}) is not supported for {kind.value}: poolworker serves a model "
+            f"only on a path proven equal to transformers on the same weights. Supported for {kind.value}: "
+            f"{', '.join(supported)}. See docs/models.md for how to serve another family."
+        )
+
+
+def check_supported(architecture: str, model_type: str, kind: ModelKind, *, token_classifier: bool = False) -> None:
+    """Refuse (``UnsupportedArchitectureError``) a family not on the allow-list for ``kind``."""
+    from .heads import SEQUENCE_RECIPES, TOKEN_RECIPES, TRANSFORMERS_HEAD_FAMILIES
+
+    if kind is ModelKind.EMBED:
+        allowed = EMBED_FAMILIES
+    elif kind is ModelKind.SPLADE:
+        allowed = SPLADE_FAMILIES
+    else:
+        allowed = frozenset(TOKEN_RECIPES if token_classifier else SEQUENCE_RECIPES) | frozenset(TRANSFORMERS_HEAD_FAMILIES)
+    if model_type not in allowed:
+        raise UnsupportedArchitectureError(architecture, model_type, kind, sorted(allowed))

@@ -2,6 +2,12 @@
 
 The engine knows nothing of Kafka or Redis. Each public method checks its inputs, tokenizes,
 runs the backbone once over all prompts (``Runner``), then pools (``Pooler``).
+
+Those two halves are also offered apart, for a caller that runs them on different threads (the
+streaming worker tokenizes on its receive thread and computes on its model thread):
+``check_options`` / ``truncation`` / ``tokenize_each`` / ``tokenize_pairs_each`` validate and
+tokenize, reporting each prompt's error as a typed value; ``compute`` / ``cross_encode_ids`` /
+``score_ids`` run on token ids that came from them and validate nothing again.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import torch.nn.functional as F
 from poolworker import kernels
 
 from .conversion import ModelKind
+from .errors import EngineError, InputTooLong, InvalidInput, InvalidInputType, UnsupportedTask
 from .loading import LoadedModel, load_model
 from .outputs import (
     ClassificationOutput,
@@ -25,7 +32,7 @@ from .outputs import (
 )
 from .pooler_config import POOLING_TASKS, PoolerConfig
 from .poolers import HeadParams, Pooler
-from .prompts import Prompt, PromptTokenizer, Truncation, normalize_prompts, resolve_truncation
+from .prompts import Prompt, PromptTokenizer, Truncation, normalize_prompts, raise_first, resolve_truncation
 from .resolve import DEFAULT_MODEL
 from .runner import Runner
 
@@ -148,6 +155,8 @@ class Engine:
             "num_labels": m.num_labels if m.kind is ModelKind.CLASSIFY else None,
             "pooler_config": self.pooler.describe(),
             "forward_path": m.forward_path,
+            "head_path": m.head_path.value,
+            "head": m.head_description,
             "device": str(m.device),
             "dtype": str(m.dtype).removeprefix("torch."),
             "fingerprint": m.fingerprint,
@@ -155,35 +164,37 @@ class Engine:
 
     def _require(self, task: object) -> None:
         if task not in POOLING_TASKS:
-            raise ValueError(f"pooling_task must be one of {POOLING_TASKS}, got {task!r}")
+            raise InvalidInput(f"pooling_task must be one of {POOLING_TASKS}, got {task!r}", "pooling_task")
         if task not in self.supported_tasks:
-            raise ValueError(
+            raise UnsupportedTask(
                 f"{self.model_name} ({self.model.architecture}) cannot do '{task}': it is "
-                f"{_KIND_REASONS[self.model.kind]} and supports {list(self.supported_tasks)}"
+                f"{_KIND_REASONS[self.model.kind]} and supports {list(self.supported_tasks)}",
+                "pooling_task",
             )
 
     def _check_dimensions(self, dimensions: object) -> int | None:
         if dimensions is None:
             return None
         if not _is_int(dimensions):
-            raise TypeError(f"dimensions must be an int, got {type(dimensions).__name__}")
+            raise InvalidInputType(f"dimensions must be an int, got {type(dimensions).__name__}", "dimensions")
         if self.model.kind is ModelKind.SPLADE:
-            raise ValueError("dimensions: SPLADE vectors are indexed by vocabulary and cannot be shortened")
+            raise InvalidInput("dimensions: SPLADE vectors are indexed by vocabulary and cannot be shortened", "dimensions")
         size = self.pooler.embedding_size
         if not 1 <= dimensions <= size:
-            raise ValueError(f"dimensions must be between 1 and the embedding size {size}, got {dimensions}")
+            raise InvalidInput(f"dimensions must be between 1 and the embedding size {size}, got {dimensions}", "dimensions")
         allowed = getattr(self.model.config, "matryoshka_dimensions", None)
         if allowed and dimensions not in allowed:
-            raise ValueError(f"dimensions={dimensions} is not one of the model's Matryoshka dimensions {allowed}")
+            raise InvalidInput(f"dimensions={dimensions} is not one of the model's Matryoshka dimensions {allowed}", "dimensions")
         return dimensions
 
     @staticmethod
     def _check_flag(value: object, name: str) -> None:
         if value is not None and not isinstance(value, bool):
-            raise TypeError(f"{name} must be a bool or None, got {type(value).__name__}")
+            raise InvalidInputType(f"{name} must be a bool or None, got {type(value).__name__}", name)
 
     # -- tokenization ---------------------------------------------------------------------------
-    def _truncation(self, truncate_prompt_tokens: object, truncation_side: object) -> Truncation:
+    def truncation(self, truncate_prompt_tokens: object = None, truncation_side: object = None) -> Truncation:
+        """The request's truncation options, checked against this model (typed error if bad)."""
         return resolve_truncation(truncate_prompt_tokens, truncation_side, self.max_model_len, self.tokenizer.default_side)
 
     def _length_limit(self, task: str) -> int | None:
@@ -192,20 +203,41 @@ class Engine:
             return cfg.max_embed_len  # None: any length, in chunks
         return self.max_model_len
 
-    def _check_lengths(self, ids: list[list[int]], task: str, field: str) -> None:
+    def _checked_length(self, outcome: list[int] | EngineError, task: str, where: str) -> list[int] | EngineError:
+        """``outcome`` itself, or an ``InputTooLong`` when it has more tokens than ``task`` takes."""
         limit = self._length_limit(task)
-        for i, x in enumerate(ids):
-            if limit is not None and len(x) > limit:
-                what = "max_embed_len" if limit != self.max_model_len else "max_model_len"
-                raise ValueError(
-                    f"{field}[{i}] has {len(x)} tokens, more than {what}={limit}; pass truncate_prompt_tokens "
-                    f"(-1 = model maximum) to truncate, or PoolerConfig(enable_chunked_processing=True) for embed"
-                )
+        if isinstance(outcome, EngineError) or limit is None or len(outcome) <= limit:
+            return outcome
+        what = "max_embed_len" if limit != self.max_model_len else "max_model_len"
+        return InputTooLong(
+            f"{where} has {len(outcome)} tokens, more than {what}={limit}; pass truncate_prompt_tokens "
+            f"(-1 = model maximum) to truncate, or PoolerConfig(enable_chunked_processing=True) for embed",
+            where,
+        )
+
+    def tokenize_each(self, prompts: Sequence[Prompt], labels: Sequence[str], *, pooling_task: str,
+                      truncation: Truncation) -> list[list[int] | EngineError]:
+        """Token ids of already well-formed prompts (text, or token id sequences), one outcome
+        each: the ids ``compute`` takes, or that prompt's typed error named by its label. Texts
+        are tokenized in one call, however many requests they came from."""
+        encoded = self.tokenizer.encode_each(prompts, truncation, labels)
+        return [self._checked_length(x, pooling_task, where) for x, where in zip(encoded, labels)]
+
+    def tokenize_pairs_each(self, firsts: Sequence[str], seconds: Sequence[str], labels: Sequence[str], *,
+                            truncation: Truncation) -> list[tuple[list[int], list[int]] | EngineError]:
+        """Cross-encoder input: (token ids, token type ids) of each text pair, or its typed error."""
+        ids, types = self.tokenizer.encode_pairs(list(firsts), list(seconds), truncation)
+        out: list[tuple[list[int], list[int]] | EngineError] = []
+        for x, t, where in zip(ids, types, labels):
+            checked = self._checked_length(x, "classify", where)
+            out.append(checked if isinstance(checked, EngineError) else (x, t))
+        return out
 
     def _tokenize(self, prompts: object, task: str, trunc: Truncation, field: str = "prompts") -> list[list[int]]:
-        ids = self.tokenizer.encode(normalize_prompts(prompts, field), trunc, field)
-        self._check_lengths(ids, task, field)
-        return ids
+        listed = normalize_prompts(prompts, field)
+        ids = self.tokenize_each(listed, [f"{field}[{i}]" for i in range(len(listed))], pooling_task=task, truncation=trunc)
+        raise_first(ids)
+        return ids  # type: ignore[return-value]
 
     def tokenize(
         self,
@@ -218,7 +250,7 @@ class Engine:
         """Token ids exactly as ``encode`` would feed them, checked and truncated. Callers that
         tokenize ahead of the forward pass (the streaming worker) pass these back as prompts."""
         self._require(pooling_task)
-        return self._tokenize(prompts, pooling_task, self._truncation(truncate_prompt_tokens, truncation_side))
+        return self._tokenize(prompts, pooling_task, self.truncation(truncate_prompt_tokens, truncation_side))
 
     def check_options(self, pooling_task: str, *, dimensions: object = None, use_activation: object = None) -> HeadParams:
         """Validate per-request head options for ``pooling_task`` before any work is done."""
@@ -226,12 +258,15 @@ class Engine:
         self._check_flag(use_activation, "use_activation")
         dims = self._check_dimensions(dimensions)
         if dims is not None and pooling_task not in ("embed", "token_embed"):
-            raise ValueError(f"dimensions applies to embed and token_embed, not {pooling_task}")
+            raise InvalidInput(f"dimensions applies to embed and token_embed, not {pooling_task}", "dimensions")
         return HeadParams(dims if dims is not None else self.pooler_config.dimensions, use_activation)
 
     # -- the core: ids → per-prompt tensors -------------------------------------------------------
     @torch.inference_mode()
-    def _run(self, task: str, ids: list[list[int]], params: HeadParams, use_tqdm: bool) -> list[torch.Tensor]:
+    def compute(self, task: str, ids: list[list[int]], params: HeadParams, use_tqdm: bool = False) -> list[torch.Tensor]:
+        """Pooled output per prompt for token ids from ``tokenize``/``tokenize_each`` and head
+        options from ``check_options``: ``[dim]`` for sequence tasks, ``[tokens, dim]`` for
+        token tasks. Nothing is validated again here."""
         if not ids:
             return []
         if task == "embed":
@@ -282,7 +317,7 @@ class Engine:
         task = pooling_task or self.default_task
         params = self.check_options(task, dimensions=dimensions, use_activation=use_activation)
         ids = self.tokenize(prompts, pooling_task=task, truncate_prompt_tokens=truncate_prompt_tokens, truncation_side=truncation_side)
-        data = self._run(task, ids, params, use_tqdm)
+        data = self.compute(task, ids, params, use_tqdm)
         return [RequestOutput(str(i), PoolingOutput(d.cpu()), x) for i, (d, x) in enumerate(zip(data, ids))]
 
     def embed(
@@ -343,27 +378,50 @@ class Engine:
     ) -> list[RequestOutput[ScoringOutput]]:
         """Similarity of pairs: 1-vs-1, 1-vs-N (one ``text_1``) or N-vs-N (zipped)."""
         self._check_flag(use_activation, "use_activation")
-        mode = self.score_mode
-        if mode is None:
-            raise ValueError(
-                f"{self.model_name} cannot score: scoring needs a cross-encoder (classifier with num_labels=1, "
-                f"this one has {self.model.num_labels}) or an embedding model; supported tasks: {list(self.supported_tasks)}"
-            )
+        mode = self.check_score()
         firsts, seconds = _pair_up(normalize_prompts(text_1, "text_1"), normalize_prompts(text_2, "text_2"))
-        trunc = self._truncation(truncate_prompt_tokens, None)
-        params = HeadParams(None, use_activation)
+        trunc = self.truncation(truncate_prompt_tokens, None)
         if mode == "cross-encoder":
-            return self._cross_encode(firsts, seconds, trunc, params, use_tqdm)
-        task = "token_embed" if mode == "late-interaction" else "embed"
+            if not all(isinstance(p, str) for p in firsts + seconds):
+                raise InvalidInputType("cross-encoder scoring takes text for text_1 and text_2, not token ids", "text_1")
+            pairs = self.tokenize_pairs_each(firsts, seconds, [f"text_1/text_2 pair[{n}]" for n in range(len(firsts))],  # type: ignore[arg-type]
+                                             truncation=trunc)
+            raise_first(pairs)
+            ids = [x for x, _ in pairs]  # type: ignore[misc]
+            scores = self.cross_encode_ids(ids, [t for _, t in pairs], HeadParams(None, use_activation), use_tqdm)  # type: ignore[misc]
+            return [RequestOutput(str(n), ScoringOutput(v), x) for n, (v, x) in enumerate(zip(scores, ids))]
         uniq: dict[str | tuple[int, ...], int] = {}
         for p in firsts + seconds:
             uniq.setdefault(p if isinstance(p, str) else tuple(p), len(uniq))
-        ids = self._tokenize([k if isinstance(k, str) else list(k) for k in uniq], task, trunc, "text")
-        vectors = self._run(task, ids, HeadParams(None, None), use_tqdm)
+        ids = self._tokenize([k if isinstance(k, str) else list(k) for k in uniq], self.score_task, trunc, "text")  # type: ignore[arg-type]
         pairs = [(uniq[a if isinstance(a, str) else tuple(a)], uniq[b if isinstance(b, str) else tuple(b)]) for a, b in zip(firsts, seconds)]
-        values = self._late_interaction(vectors, pairs) if mode == "late-interaction" else self._cosines(vectors, pairs)
-        results = [RequestOutput(str(n), ScoringOutput(float(v)), ids[ia] + ids[ib]) for n, ((ia, ib), v) in enumerate(zip(pairs, values))]
-        return results
+        values = self.score_ids(ids, pairs, use_tqdm)
+        return [RequestOutput(str(n), ScoringOutput(v), ids[ia] + ids[ib]) for n, ((ia, ib), v) in enumerate(zip(pairs, values))]
+
+    def check_score(self) -> str:
+        """The model's score mode, or ``UnsupportedTask`` when it cannot score."""
+        mode = self.score_mode
+        if mode is None:
+            raise UnsupportedTask(
+                f"{self.model_name} cannot score: scoring needs a cross-encoder (classifier with num_labels=1, "
+                f"this one has {self.model.num_labels}) or an embedding model; supported tasks: {list(self.supported_tasks)}"
+            )
+        return mode
+
+    @property
+    def score_task(self) -> str | None:
+        """The pooling task each side of a pair goes through (None for a cross-encoder, which
+        reads the pair as one sequence)."""
+        return {"late-interaction": "token_embed", "bi-encoder": "embed"}.get(self.score_mode or "")
+
+    def score_ids(self, ids: list[list[int]], pairs: Sequence[tuple[int, int]], use_tqdm: bool = False) -> list[float]:
+        """Bi-encoder (cosine) or late-interaction (MaxSim) scores of ``pairs`` of indices into
+        ``ids``, which come from ``tokenize_each`` with ``pooling_task=score_task``; each distinct
+        sequence is encoded once."""
+        vectors = self.compute(self.score_task, ids, HeadParams(None, None), use_tqdm)  # type: ignore[arg-type]
+        if self.score_mode == "late-interaction":
+            return self._late_interaction(vectors, list(pairs))
+        return self._cosines(vectors, list(pairs))
 
     @staticmethod
     def _cosines(vectors: list[torch.Tensor], pairs: list[tuple[int, int]]) -> list[float]:
@@ -385,14 +443,10 @@ class Engine:
         return values
 
     @torch.inference_mode()
-    def _cross_encode(self, firsts: list[Prompt], seconds: list[Prompt], trunc: Truncation, params: HeadParams, use_tqdm: bool):
-        if not all(isinstance(p, str) for p in firsts + seconds):
-            raise TypeError("cross-encoder scoring takes text for text_1 and text_2, not token ids")
-        ids, types = self.tokenizer.encode_pairs(firsts, seconds, trunc)  # type: ignore[arg-type]
-        self._check_lengths(ids, "classify", "text_1/text_2 pair")
+    def cross_encode_ids(self, ids: list[list[int]], types: list[list[int]], params: HeadParams, use_tqdm: bool = False) -> list[float]:
+        """Cross-encoder scores of pairs tokenized by ``tokenize_pairs_each``."""
         pooled = self.runner.pool(ids, self.pooler.pool_sequences, token_type_ids=types, use_tqdm=use_tqdm)
-        scores = self.pooler.classify_head(pooled, params, for_score=True)
-        return [RequestOutput(str(n), ScoringOutput(float(s[0])), x) for n, (s, x) in enumerate(zip(scores, ids))]
+        return self.pooler.classify_head(pooled, params, for_score=True)[:, 0].tolist()
 
     def rerank(
         self,
@@ -406,19 +460,19 @@ class Engine:
     ) -> list[RerankResult]:
         """Documents sorted by relevance to ``query`` (best first), at most ``top_n``."""
         if not isinstance(query, str):
-            raise TypeError(f"query must be a str, got {type(query).__name__}")
+            raise InvalidInputType(f"query must be a str, got {type(query).__name__}", "query")
         if isinstance(documents, str) or not isinstance(documents, (list, tuple)):
-            raise TypeError(f"documents must be a list of str, got {type(documents).__name__}")
+            raise InvalidInputType(f"documents must be a list of str, got {type(documents).__name__}", "documents")
         if not documents:
-            raise ValueError("documents must not be empty")
+            raise InvalidInput("documents must not be empty", "documents")
         bad = next((i for i, d in enumerate(documents) if not isinstance(d, str)), None)
         if bad is not None:
-            raise TypeError(f"documents[{bad}] must be a str, got {type(documents[bad]).__name__}")
+            raise InvalidInputType(f"documents[{bad}] must be a str, got {type(documents[bad]).__name__}", f"documents[{bad}]")
         if top_n is not None:
             if not _is_int(top_n):
-                raise TypeError(f"top_n must be an int, got {type(top_n).__name__}")
+                raise InvalidInputType(f"top_n must be an int, got {type(top_n).__name__}", "top_n")
             if not 1 <= top_n <= len(documents):
-                raise ValueError(f"top_n must be between 1 and the number of documents ({len(documents)}), got {top_n}")
+                raise InvalidInput(f"top_n must be between 1 and the number of documents ({len(documents)}), got {top_n}", "top_n")
         self._check_flag(return_documents, "return_documents")
         scores = self.score(query, list(documents), truncate_prompt_tokens=truncate_prompt_tokens, use_tqdm=use_tqdm)
         order = sorted(range(len(documents)), key=lambda i: -scores[i].outputs.score)
@@ -432,13 +486,13 @@ class Engine:
 def _pair_up(firsts: list[Prompt], seconds: list[Prompt]) -> tuple[list[Prompt], list[Prompt]]:
     """vLLM's pairing: one first against every second, or equal-length lists zipped."""
     if not firsts:
-        raise ValueError("text_1 must not be empty")
+        raise InvalidInput("text_1 must not be empty", "text_1")
     if not seconds:
-        raise ValueError("text_2 must not be empty")
+        raise InvalidInput("text_2 must not be empty", "text_2")
     if len(firsts) == 1:
         return firsts * len(seconds), seconds
     if len(firsts) != len(seconds):
-        raise ValueError(f"text_1 has {len(firsts)} items and text_2 {len(seconds)}: give one text_1 or as many as text_2")
+        raise InvalidInput(f"text_1 has {len(firsts)} items and text_2 {len(seconds)}: give one text_1 or as many as text_2", "text_2")
     return firsts, seconds
 
 

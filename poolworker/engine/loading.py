@@ -16,14 +16,34 @@ from pathlib import Path
 import torch
 import transformers
 from torch import nn
-from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM, AutoTokenizer, PretrainedConfig
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForMaskedLM,
+    AutoTokenizer,
+    PretrainedConfig,
+)
 from transformers.models.auto.modeling_auto import (
     MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
     MODEL_FOR_MASKED_LM_MAPPING_NAMES,
 )
 
-from .conversion import ModelKind, is_classifier_architecture, is_token_classifier, kind_from_architecture
-from .heads import ClassifierHeads, classifier_heads, masked_lm_head
+from .conversion import (
+    ModelKind,
+    check_supported,
+    is_classifier_architecture,
+    is_token_classifier,
+    kind_from_architecture,
+)
+from .heads import (
+    TRANSFORMERS_HEAD_FAMILIES,
+    ClassifierHeads,
+    HeadPath,
+    TransformersHead,
+    masked_lm_head,
+    pooled_row_heads,
+    transformers_heads,
+)
 from .packed import FORWARD_ENV, build_packed, forced_generic, packed_support
 from .resolve import resolve_model_path
 from .st_config import STModules, load_projector, read_st_modules
@@ -60,6 +80,10 @@ class LoadedModel:
     # the generic transformers path. ``forward_path`` says which, and why (``poolworker models``).
     packed: nn.Module | None = None
     forward_path: str = "transformers (generic, padded batches)"
+    # How outputs are made from hidden states (``poolworker models``): pooled rows through the
+    # family's head, or the family's whole transformers classifier (heads.py).
+    head_path: HeadPath = HeadPath.POOLED_ROWS
+    head_description: str = ""
 
     @property
     def num_labels(self) -> int:
@@ -149,16 +173,39 @@ def _model_class(architecture: str, trust_remote_code: bool):
     )
 
 
-def _load_module(cls, path: Path, *, use_safetensors: bool, trust_remote_code: bool) -> nn.Module:
+# Per-family backbone classes for embedding checkpoints where AutoModel would pick a model that
+# cannot run on input ids alone (T5Model also wants decoder inputs; sentence-T5 is the encoder).
+_EMBED_BACKBONES = {"t5": "T5EncoderModel"}
+
+
+def _load_module(cls, path: Path, *, use_safetensors: bool, trust_remote_code: bool, unused_ok: tuple[str, ...] = ()) -> nn.Module:
+    """``cls`` from ``path``; a weight the checkpoint lacks is an error (transformers would fill
+    it with random values and the model would answer confidently wrong), except buffers and
+    modules the task never runs (``unused_ok``: name parts such as ``pooler``)."""
     kwargs = {"use_safetensors": use_safetensors}
     if trust_remote_code:
         kwargs["trust_remote_code"] = True
     model, info = cls.from_pretrained(str(path), output_loading_info=True, **kwargs)
-    missing = [k for k in info.get("missing_keys", []) if "position_ids" not in k]
-    head_missing = [k for k in missing if k.split(".")[0] in ("score", "classifier", "cls", "lm_head")]
-    if head_missing:
-        raise ValueError(f"{path}: the checkpoint has no weights for the head ({', '.join(head_missing[:4])}); it cannot serve this task")
+    missing = [
+        k for k in info.get("missing_keys", [])
+        if "position_ids" not in k and not any(part in unused_ok for part in k.split("."))
+    ]
+    if missing:
+        raise ValueError(
+            f"{path}: the checkpoint has no weights for {', '.join(sorted(missing)[:4])}"
+            f"{' and more' if len(missing) > 4 else ''}; loaded as {cls.__name__} they would be random"
+        )
     return model
+
+
+def _embed_class(model_type: str):
+    name = _EMBED_BACKBONES.get(model_type)
+    return getattr(transformers, name) if name else AutoModel
+
+
+def _own_code(config: PretrainedConfig, trust_remote_code: bool) -> bool:
+    """The model runs its repository's code (its own reference) rather than transformers'."""
+    return trust_remote_code and bool(getattr(config, "auto_map", None))
 
 
 def load_model(
@@ -181,28 +228,40 @@ def load_model(
         raise
     architecture = _architecture(config)
     kind = kind_from_architecture(architecture, convert)
+    model_type = str(getattr(config, "model_type", ""))
+    own_code = _own_code(config, trust_remote_code)
+    if not own_code:
+        check_supported(architecture, model_type, kind, token_classifier=is_token_classifier(architecture))
     use_safetensors = require_loadable(path, allow_pickle=allow_pickle)
     st = read_st_modules(path)
     tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
 
     heads: ClassifierHeads | None = None
     mlm_head: nn.Module | None = None
-    load = dict(use_safetensors=use_safetensors, trust_remote_code=trust_remote_code)
+    load = {"use_safetensors": use_safetensors, "trust_remote_code": trust_remote_code}
+    head_description = "hidden states → pooler (method × Dense / Matryoshka / normalize)"
     if kind is ModelKind.CLASSIFY:
         cls = _model_class(architecture, trust_remote_code)
         if not is_classifier_architecture(architecture):
             raise ValueError(f"convert='classify' needs a checkpoint with a classification head; {architecture} has none")
         full = _load_module(cls, path, **load)
-        heads = classifier_heads(full)
-        backbone = full.base_model
+        token_cls = is_token_classifier(architecture)
+        if own_code or model_type in TRANSFORMERS_HEAD_FAMILIES:
+            heads = transformers_heads(token_cls)
+            backbone = TransformersHead(full, per_token=token_cls, exact_lengths=model_type in TRANSFORMERS_HEAD_FAMILIES)
+        else:
+            heads = pooled_row_heads(full, model_type, token_cls)
+            backbone = full.base_model
+        head_description = heads.description
         keep: nn.Module = full
     elif kind is ModelKind.SPLADE:
-        full = _load_module(AutoModelForMaskedLM, path, **load)
+        full = _load_module(AutoModelForMaskedLM, path, **load, unused_ok=("pooler",))
         mlm_head = masked_lm_head(full)
         backbone = full.base_model
         keep = full
+        head_description = "masked-LM head per token → log(1 + relu) → max over tokens"
     else:
-        backbone = _load_module(AutoModel, path, **load)
+        backbone = _load_module(_embed_class(model_type), path, **load, unused_ok=("pooler",))
         keep = backbone
 
     dev = pick_device(device)
@@ -212,8 +271,13 @@ def load_model(
     if projector is not None:
         projector.to(device=dev, dtype=torch_dtype).eval().requires_grad_(False)
 
-    packed, forward_path = _packed_backbone(config, backbone)
-    accepts_tt = "token_type_ids" in inspect.signature(backbone.forward).parameters and getattr(config, "type_vocab_size", 0) > 0
+    if isinstance(backbone, TransformersHead):
+        packed, forward_path = None, "transformers (the whole classification model on each batch)"
+        takes_types = backbone.takes_token_types
+    else:
+        packed, forward_path = _packed_backbone(config, backbone)
+        takes_types = "token_type_ids" in inspect.signature(backbone.forward).parameters
+    accepts_tt = takes_types and getattr(config, "type_vocab_size", 0) > 0
     return LoadedModel(
         path=path,
         config=config,
@@ -234,6 +298,8 @@ def load_model(
         accepts_token_type_ids=accepts_tt,
         packed=packed,
         forward_path=forward_path,
+        head_path=heads.path if heads is not None else HeadPath.POOLED_ROWS,
+        head_description=head_description,
     )
 
 

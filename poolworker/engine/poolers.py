@@ -16,6 +16,7 @@ import torch
 from poolworker import kernels
 
 from .conversion import ModelKind
+from .heads import HeadPath
 from .loading import LoadedModel
 from .pooler_config import PoolerConfig
 from .runner import Packed
@@ -65,6 +66,11 @@ class Pooler:
     def __init__(self, model: LoadedModel, config: PoolerConfig) -> None:
         self.model = model
         self.config = config
+        if config.seq_pooling_type and model.head_path is HeadPath.TRANSFORMERS_HEAD:
+            raise ValueError(
+                f"{model.architecture} runs its own transformers classifier on the full sequence, which pools by "
+                f"itself; pooling_type={config.seq_pooling_type} cannot apply"
+            )
         self.seq_pooling = config.seq_pooling_type or self._default_seq_pooling()
         self.tok_pooling = config.tok_pooling_type or "ALL"
         self._classify_act = classification_activation(model.config)
@@ -72,10 +78,12 @@ class Pooler:
 
     # -- resolution -------------------------------------------------------------------------
     def _default_seq_pooling(self) -> str:
-        if self.model.st.pooling_type:
-            return self.model.st.pooling_type
+        # A classifier's head reads one particular row (heads.py): that wins over any
+        # Sentence-Transformers Pooling file, which describes embeddings, not the head.
         if self.model.heads is not None:
             return self.model.heads.default_pooling
+        if self.model.st.pooling_type:
+            return self.model.st.pooling_type
         return "LAST" if self.model.is_decoder else "CLS"
 
     @property
@@ -170,4 +178,4 @@ class Pooler:
         return self._classify_act(logits)
 
 
-__all__ = ["Pooler", "HeadParams"]
+__all__ = ["HeadParams", "Pooler"]
