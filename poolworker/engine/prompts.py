@@ -1,7 +1,8 @@
 """Check prompts and turn them into token ids, with the model's truncation rules.
 
-Everything a caller can get wrong is caught here with a ``TypeError``/``ValueError`` naming the
-field, so nothing malformed ever reaches torch.
+Everything a caller can get wrong is caught here with a typed error (``engine/errors.py``)
+naming the field, so nothing malformed ever reaches torch. ``PromptTokenizer.encode_each`` is the
+batch form the streaming worker uses: one tokenizer call for a whole poll, one outcome per prompt.
 """
 
 from __future__ import annotations
@@ -9,6 +10,8 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
+
+from .errors import EngineError, InvalidInput, InvalidInputType
 
 Prompt = str | list[int]
 
@@ -28,7 +31,7 @@ def normalize_prompts(prompts: object, field: str = "prompts") -> list[Prompt]:
     if _is_token_ids(prompts):
         return [list(prompts)]  # one prompt given as token ids
     if not isinstance(prompts, (list, tuple)):
-        raise TypeError(f"{field} must be a str, a list of str, or token ids (list of int), got {type(prompts).__name__}")
+        raise InvalidInputType(f"{field} must be a str, a list of str, or token ids (list of int), got {type(prompts).__name__}", field)
     out: list[Prompt] = []
     for i, item in enumerate(prompts):
         if isinstance(item, str):
@@ -36,9 +39,9 @@ def normalize_prompts(prompts: object, field: str = "prompts") -> list[Prompt]:
         elif _is_token_ids(item):
             out.append(list(item))
         elif isinstance(item, (list, tuple)) and len(item) == 0:
-            raise ValueError(f"{field}[{i}] is an empty list of token ids")
+            raise InvalidInput(f"{field}[{i}] is an empty list of token ids", f"{field}[{i}]")
         else:
-            raise TypeError(f"{field}[{i}] must be a str or a list of int token ids, got {_describe(item)}")
+            raise InvalidInputType(f"{field}[{i}] must be a str or a list of int token ids, got {_describe(item)}", f"{field}[{i}]")
     return out
 
 
@@ -49,10 +52,11 @@ def _describe(item: object) -> str:
     return f"{type(item).__name__}"
 
 
-def check_token_ids(ids: Sequence[int], vocab_size: int, where: str) -> None:
+def token_id_error(ids: Sequence[int], vocab_size: int, where: str) -> InvalidInput | None:
     bad = next((t for t in ids if not 0 <= t < vocab_size), None)
-    if bad is not None:
-        raise ValueError(f"{where}: token id {bad} is outside the vocabulary [0, {vocab_size})")
+    if bad is None:
+        return None
+    return InvalidInput(f"{where}: token id {bad} is outside the vocabulary [0, {vocab_size})", where)
 
 
 @dataclass(frozen=True)
@@ -67,17 +71,20 @@ def resolve_truncation(truncate_prompt_tokens: object, truncation_side: object, 
     """Validate ``truncate_prompt_tokens`` (-1 = the model's maximum) and ``truncation_side``."""
     side = default_side if truncation_side is None else truncation_side
     if side not in ("left", "right"):
-        raise ValueError(f"truncation_side must be 'left' or 'right', got {truncation_side!r}")
+        raise InvalidInput(f"truncation_side must be 'left' or 'right', got {truncation_side!r}", "truncation_side")
     if truncate_prompt_tokens is None:
         return Truncation(None, side)
     if not _is_int(truncate_prompt_tokens):
-        raise TypeError(f"truncate_prompt_tokens must be an int, got {type(truncate_prompt_tokens).__name__}")
+        raise InvalidInputType(f"truncate_prompt_tokens must be an int, got {type(truncate_prompt_tokens).__name__}",
+                               "truncate_prompt_tokens")
     if truncate_prompt_tokens == -1:
         return Truncation(max_model_len, side)
     if truncate_prompt_tokens < 1:
-        raise ValueError(f"truncate_prompt_tokens must be -1 (model maximum) or a positive int, got {truncate_prompt_tokens}")
+        raise InvalidInput(f"truncate_prompt_tokens must be -1 (model maximum) or a positive int, got {truncate_prompt_tokens}",
+                           "truncate_prompt_tokens")
     if truncate_prompt_tokens > max_model_len:
-        raise ValueError(f"truncate_prompt_tokens={truncate_prompt_tokens} is larger than max_model_len={max_model_len}")
+        raise InvalidInput(f"truncate_prompt_tokens={truncate_prompt_tokens} is larger than max_model_len={max_model_len}",
+                           "truncate_prompt_tokens")
     return Truncation(truncate_prompt_tokens, side)
 
 
@@ -105,8 +112,9 @@ class PromptTokenizer:
         kwargs = {"truncation": trunc.max_tokens is not None, "verbose": False}
         if trunc.max_tokens is not None:
             if trunc.max_tokens < self._min_tokens(second is not None):
-                raise ValueError(
-                    f"truncate_prompt_tokens={trunc.max_tokens} leaves no room for text after the model's special tokens"
+                raise InvalidInput(
+                    f"truncate_prompt_tokens={trunc.max_tokens} leaves no room for text after the model's special tokens",
+                    "truncate_prompt_tokens",
                 )
             kwargs["max_length"] = trunc.max_tokens
         with self._lock:
@@ -117,21 +125,29 @@ class PromptTokenizer:
             finally:
                 self.tokenizer.truncation_side = previous
 
-    def encode(self, prompts: list[Prompt], trunc: Truncation, field: str = "prompts") -> list[list[int]]:
-        """Token ids for each prompt, truncated as requested; empty results are errors."""
-        out: list[list[int] | None] = [None] * len(prompts)
+    def encode_each(self, prompts: Sequence[Prompt], trunc: Truncation, labels: Sequence[str]) -> list[list[int] | EngineError]:
+        """Token ids for each prompt, truncated as requested, or the error that prompt alone
+        earned (named by its label): one bad prompt never costs the others their ids. All texts
+        go through the tokenizer in one call. Raises only for what fails every prompt alike
+        (a truncation that leaves no room)."""
+        out: list[list[int] | EngineError] = [[] for _ in prompts]
         text_idx = [i for i, p in enumerate(prompts) if isinstance(p, str)]
         if text_idx:
-            encoded = self._call([prompts[i] for i in text_idx], None, trunc)["input_ids"]
+            encoded = self._call([prompts[i] for i in text_idx], None, trunc)["input_ids"]  # type: ignore[misc]
             for i, ids in zip(text_idx, encoded):
-                out[i] = list(ids)
+                out[i] = ids
         for i, p in enumerate(prompts):
-            if isinstance(p, list):
-                check_token_ids(p, self.vocab_size, f"{field}[{i}]")
-                out[i] = _cut(p, trunc)
+            if not isinstance(p, str):
+                out[i] = token_id_error(p, self.vocab_size, labels[i]) or _cut(p, trunc)
         for i, ids in enumerate(out):
-            if not ids:
-                raise ValueError(f"{field}[{i}] has no tokens after tokenization")
+            if not isinstance(ids, EngineError) and not ids:
+                out[i] = InvalidInput(f"{labels[i]} has no tokens after tokenization", labels[i])
+        return out
+
+    def encode(self, prompts: list[Prompt], trunc: Truncation, field: str = "prompts") -> list[list[int]]:
+        """Token ids for each prompt, truncated as requested; the first bad prompt raises."""
+        out = self.encode_each(prompts, trunc, [f"{field}[{i}]" for i in range(len(prompts))])
+        raise_first(out)
         return out  # type: ignore[return-value]
 
     def encode_pairs(self, firsts: list[str], seconds: list[str], trunc: Truncation) -> tuple[list[list[int]], list[list[int]]]:
@@ -142,7 +158,14 @@ class PromptTokenizer:
         return ids, types
 
 
-def _cut(ids: list[int], trunc: Truncation) -> list[int]:
+def raise_first(outcomes: Sequence[object]) -> None:
+    """Raise the first error among per-prompt outcomes (the offline API fails as a whole)."""
+    for outcome in outcomes:
+        if isinstance(outcome, EngineError):
+            raise outcome
+
+
+def _cut(ids: Sequence[int], trunc: Truncation) -> list[int]:
     n = trunc.max_tokens
     if n is None or len(ids) <= n:
         return list(ids)
