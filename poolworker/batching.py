@@ -1,10 +1,13 @@
-"""The model thread: micro-batches jobs across messages under a token budget and runs them.
+"""The infer stage: one model thread micro-batches prepared requests under a token budget and
+runs forward passes on their token ids — nothing else (no parsing, no tokenizing, no I/O).
 
-One owner of the queue state (TEI's queue): jobs enter in record order, leave in batches of at
-most ``max_batch_requests`` jobs and ``max_batch_tokens`` tokens, after waiting at most
-``max_wait_ms`` for a batch to fill. Within a batch, items of every job that share an engine call
-(model, task, options) run as one engine call, so small messages share forward passes. Results
-are handed to ``finish`` in record order, which keeps per-partition order.
+One owner of the queue state (TEI's queue): requests enter in record order, leave in batches of
+at most ``max_batch_requests`` requests and ``max_batch_tokens`` tokens, after waiting at most
+``max_wait_ms`` for a batch to fill. Within a batch, the inputs of every request that share a
+``ModelCall`` (engine, task, head options) run as one engine call, whose forward batches are cut
+by the same ``max_batch_tokens`` (one budget from the settings down to the packing). Each batch
+leaves as new ``Finished`` values, in record order, through ``handoff`` (the publisher's queue),
+which keeps per-partition order.
 """
 
 from __future__ import annotations
@@ -13,82 +16,87 @@ import logging
 import threading
 import time
 from collections import defaultdict, deque
-from dataclasses import replace
 from collections.abc import Callable
 
-from .jobs import Job
+from .engine.errors import EngineError
 from .metrics import Metrics
-from .tasks import Item, ItemResult, run_plan
+from .protocol import ErrorInfo
+from .tasks import ItemResult, ModelCall, run_call
+from .work import Finished, Prepared
 
 log = logging.getLogger(__name__)
 
 
-def _run_group(job_items: list[tuple[Job, int]]) -> list[ItemResult]:
-    """One engine call for items that share engine, task and options. Encode items go in as
-    the token ids the consumer thread already produced (truncation is idempotent on them)."""
-    job0 = job_items[0][0]
-    if job0.plan.engine_call == "score":
-        items = tuple(job.plan.items[i] for job, i in job_items)
-    else:
-        items = tuple(Item(tuple(job.token_ids[i])) for job, i in job_items)
-    return run_plan(job0.engine, replace(job0.plan, pooling_task=job0.pooling_task, items=items))
+def _fill(call: ModelCall, members: list[Prepared], out: dict[int, list[ItemResult] | ErrorInfo]) -> None:
+    """One engine call for the inputs of ``members``; each member's slice of the results."""
+    results = run_call(call, [x for p in members for _, x in p.inputs])
+    at = 0
+    for p in members:
+        out[id(p)] = results[at : at + len(p.inputs)]
+        at += len(p.inputs)
 
 
-def run_jobs(jobs: list[Job], metrics: Metrics | None = None) -> None:
-    """Fill every job's missing items. A failing group is retried job by job, so one bad
-    request cannot fail its neighbours; a job that still fails gets an error."""
-    groups: dict[tuple, list[tuple[Job, int]]] = defaultdict(list)
-    for job in jobs:
-        if job.error is None:
-            for i in job.missing:
-                groups[(id(job.engine), job.pooling_task, *job.plan.group_key())].append((job, i))
-    for members in groups.values():
+def _failure(prepared: Prepared, exc: Exception) -> ErrorInfo:
+    if isinstance(exc, EngineError):  # validated upstream, so not expected here; still typed
+        return ErrorInfo(type=exc.kind, message=exc.message, param=exc.param)
+    log.error("inference failed for request %s", prepared.request_id, exc_info=exc)
+    return ErrorInfo(type="internal_error", message=f"inference failed: {type(exc).__name__}: {exc}")
+
+
+def _finished(prepared: Prepared, computed: list[ItemResult] | ErrorInfo | None) -> Finished:
+    if prepared.error is not None:
+        return Finished(prepared, error=prepared.error)
+    if isinstance(computed, ErrorInfo):
+        return Finished(prepared, error=computed)
+    results = list(prepared.cached)
+    for (i, _), result in zip(prepared.inputs, computed or ()):
+        results[i] = result
+    return Finished(prepared, tuple(results), fresh=tuple(i for i, _ in prepared.inputs))  # type: ignore[arg-type]
+
+
+def infer(batch: list[Prepared], metrics: Metrics | None = None) -> list[Finished]:
+    """Every request's outcome, in order. A failing engine call is retried request by request,
+    so one bad request cannot fail its neighbours; a request that still fails gets an error."""
+    groups: dict[ModelCall, list[Prepared]] = defaultdict(list)
+    for prepared in batch:
+        if prepared.error is None and prepared.inputs:
+            groups[prepared.call].append(prepared)  # type: ignore[index]
+    computed: dict[int, list[ItemResult] | ErrorInfo] = {}
+    for call, members in groups.items():
         start = time.perf_counter()
         try:
-            _fill(members)
+            _fill(call, members, computed)
         except Exception:  # noqa: BLE001 - isolate below
-            by_job: dict[int, list[tuple[Job, int]]] = defaultdict(list)
-            for job, i in members:
-                by_job[id(job)].append((job, i))
-            for own in by_job.values():
+            for prepared in members:
                 try:
-                    _fill(own)
-                except (ValueError, TypeError) as exc:
-                    own[0][0].fail("invalid_request", str(exc), "input")
+                    _fill(call, [prepared], computed)
                 except Exception as exc:  # noqa: BLE001 - a model failure becomes this request's error
-                    log.exception("inference failed for request %s", own[0][0].request_id)
-                    own[0][0].fail("internal_error", f"inference failed: {type(exc).__name__}: {exc}")
+                    computed[id(prepared)] = _failure(prepared, exc)
         if metrics is not None:
-            job0 = members[0][0]
-            metrics.inference(job0.model, time.perf_counter() - start)
-            metrics.batch(job0.model, len(members), sum(r.num_tokens for j, i in members if (r := j.results[i]) is not None))
-
-
-def _fill(members: list[tuple[Job, int]]) -> None:
-    results = _run_group(members)
-    for (job, i), result in zip(members, results):
-        job.results[i] = result
-        job.fresh.add(i)
+            model = members[0].model or "unknown"
+            metrics.inference(model, time.perf_counter() - start)
+            metrics.batch(model, sum(len(p.inputs) for p in members), sum(p.cost_tokens for p in members))
+    return [_finished(p, computed.get(id(p))) for p in batch]
 
 
 class MicroBatcher:
-    """Queue + model thread. ``finish(jobs)`` receives each batch's jobs in record order."""
+    """Queue + model thread. ``handoff(finished)`` receives each batch's outcomes in record order."""
 
     def __init__(
         self,
-        finish: Callable[[list[Job]], None],
+        handoff: Callable[[list[Finished]], None],
         *,
         max_batch_tokens: int,
         max_batch_requests: int,
         max_wait_ms: int,
         metrics: Metrics | None = None,
     ) -> None:
-        self.finish = finish
+        self.handoff = handoff
         self.max_batch_tokens = max_batch_tokens
         self.max_batch_requests = max_batch_requests
         self.max_wait_s = max_wait_ms / 1000
         self.metrics = metrics
-        self._queue: deque[Job] = deque()
+        self._queue: deque[Prepared] = deque()
         self._cond = threading.Condition()
         self._busy = False
         self._stopping = False
@@ -98,11 +106,11 @@ class MicroBatcher:
         self._thread.start()
         return self
 
-    def submit(self, jobs: list[Job]) -> None:
-        if not jobs:
+    def submit(self, prepared: list[Prepared]) -> None:
+        if not prepared:
             return
         with self._cond:
-            self._queue.extend(jobs)
+            self._queue.extend(prepared)
             self._cond.notify_all()
 
     def pending(self) -> int:
@@ -110,7 +118,7 @@ class MicroBatcher:
             return len(self._queue) + (1 if self._busy else 0)
 
     def drain(self, timeout_s: float) -> bool:
-        """Wait until every submitted job is finished; True when that happened in time."""
+        """Wait until every submitted request has been handed off; True when that happened in time."""
         deadline = time.monotonic() + timeout_s
         with self._cond:
             while self._queue or self._busy:
@@ -127,8 +135,8 @@ class MicroBatcher:
         if self._thread.is_alive():
             self._thread.join(timeout_s)
 
-    def _take_batch(self) -> list[Job] | None:
-        """Block for the first job, then fill the batch until budget, size or deadline."""
+    def _take_batch(self) -> list[Prepared] | None:
+        """Block for the first request, then fill the batch until budget, size or deadline."""
         with self._cond:
             while not self._queue and not self._stopping:
                 self._cond.wait()
@@ -136,27 +144,26 @@ class MicroBatcher:
                 return None
             deadline = self._queue[0].enqueued_at + self.max_wait_s
             while True:
-                batch, tokens = self._fits()
-                full = len(batch) < len(self._queue) or len(batch) >= self.max_batch_requests or tokens >= self.max_batch_tokens
+                size, tokens = self._fits()
+                full = size < len(self._queue) or size >= self.max_batch_requests or tokens >= self.max_batch_tokens
                 left = deadline - time.monotonic()
                 if full or left <= 0 or self._stopping:
                     break
                 self._cond.wait(left)
-            for _ in batch:
-                self._queue.popleft()
+            batch = [self._queue.popleft() for _ in range(size)]
             self._busy = True
             return batch
 
-    def _fits(self) -> tuple[list[Job], int]:
-        batch: list[Job] = []
-        tokens = 0
-        for job in self._queue:
-            cost = job.cost_tokens
-            if batch and (len(batch) >= self.max_batch_requests or tokens + cost > self.max_batch_tokens):
+    def _fits(self) -> tuple[int, int]:
+        """How many queued requests the next batch takes, and their tokens."""
+        size = tokens = 0
+        for prepared in self._queue:
+            cost = prepared.cost_tokens
+            if size and (size >= self.max_batch_requests or tokens + cost > self.max_batch_tokens):
                 break
-            batch.append(job)
+            size += 1
             tokens += cost
-        return batch, tokens
+        return size, tokens
 
     def _loop(self) -> None:
         while True:
@@ -164,21 +171,19 @@ class MicroBatcher:
             if batch is None:
                 return
             try:
-                now = time.monotonic()
                 if self.metrics is not None:
-                    for job in batch:
-                        self.metrics.queue_wait(now - job.enqueued_at)
-                run_jobs(batch, self.metrics)
-                self.finish(batch)
+                    now = time.monotonic()
+                    for prepared in batch:
+                        self.metrics.queue_wait(now - prepared.enqueued_at)
+                finished = infer(batch, self.metrics)
             except Exception:  # noqa: BLE001 - the model thread must survive anything
                 log.exception("batch failed unexpectedly")
-                for job in batch:
-                    if job.error is None and job.missing:
-                        job.fail("internal_error", "the batch failed unexpectedly")
-                try:
-                    self.finish(batch)
-                except Exception:  # noqa: BLE001
-                    log.exception("could not publish a failed batch")
+                error = ErrorInfo(type="internal_error", message="the batch failed unexpectedly")
+                finished = [Finished(p, error=p.error or error) for p in batch]
+            try:
+                self.handoff(finished)
+            except Exception:  # noqa: BLE001
+                log.exception("could not hand a batch to the publisher")
             finally:
                 with self._cond:
                     self._busy = False

@@ -34,6 +34,7 @@ __all__ = [
     "cache_key",
     "decode_value",
     "encode_value",
+    "is_null",
     "make_cache",
     "redact_url",
 ]
@@ -45,7 +46,7 @@ log = logging.getLogger(__name__)
 
 Clock = Callable[[], float]
 Encodable = Union[float, Sequence[float], Sequence[Sequence[float]], np.ndarray, "torch.Tensor"]
-Decoded = Union[float, list[float], list[list[float]]]
+Decoded = Union[float, np.ndarray]
 
 DEFAULT_TTL_S = 86400
 NONE_URLS = ("", "none")
@@ -148,7 +149,8 @@ def _as_float32(data: Encodable) -> np.ndarray:
 
 
 def decode_value(raw: bytes) -> tuple[Decoded, int]:
-    """Unpack ``encode_value`` output; anything malformed raises ``ValueError``.
+    """Unpack ``encode_value`` output — a float, or a float32 array of rank 1 or 2 — ; anything
+    malformed raises ``ValueError``.
 
     The worker treats ``ValueError`` as a miss, so a corrupt or foreign entry costs one
     recomputation instead of a wrong answer. The payload length must match the header
@@ -165,12 +167,12 @@ def decode_value(raw: bytes) -> tuple[Decoded, int]:
     payload = memoryview(raw)[_HEADER.size :]
     if len(payload) != rows * cols * _F32.itemsize:
         raise ValueError(f"payload is {len(payload)} bytes, header says {rows}x{cols} float32")
-    values = np.frombuffer(payload, dtype=_F32)
+    values = np.frombuffer(payload, dtype=_F32)  # read-only, no copy: results are never edited
     if ndim == 0:
         return float(values[0]), num_tokens
     if ndim == 1:
-        return values.tolist(), num_tokens
-    return values.reshape(rows, cols).tolist(), num_tokens
+        return values, num_tokens
+    return values.reshape(rows, cols), num_tokens
 
 
 # ----------------------------------------------------------------------------------------------
@@ -221,6 +223,11 @@ class NullCache:
 
     def close(self) -> None:
         return None
+
+
+def is_null(cache: ResultCache) -> bool:
+    """True for the cache that stores nothing: the worker then skips building keys and values."""
+    return isinstance(cache, NullCache)
 
 
 class MemoryCache:

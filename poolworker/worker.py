@@ -25,7 +25,7 @@ def load_engines(settings: WorkerSettings) -> dict[str, Engine]:
     engines = {}
     for name, path in parse_model_specs(settings.models).items():
         log.info("loading model %s from %s", name, path)
-        engines[name] = Engine(path, device=settings.device, dtype=settings.dtype,
+        engines[name] = Engine(path, device=settings.device, dtype=settings.dtype, max_batch_tokens=settings.max_batch_tokens,
                                trust_remote_code=settings.trust_remote_code, allow_pickle=settings.allow_pickle)
     return engines
 

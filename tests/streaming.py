@@ -62,7 +62,7 @@ def read_topic(bootstrap: str, topic: str, expected: int, timeout_s: float = 60.
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
                              auto_offset_reset="earliest", enable_incremental_fetch_sessions=False)
     try:
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + timeout_s  # a worker process creates the topic once it has loaded its model
         parts = None
         while not parts and time.monotonic() < deadline:
             parts = consumer.partitions_for_topic(topic)

@@ -1,8 +1,10 @@
-"""The consumer loop: one thread that polls, prepares, commits, and applies backpressure.
+"""The consumer loop: the receive stage's thread — poll, prepare, commit, backpressure.
 
 kafka-python's consumer is not thread-safe, so everything that touches it (poll, pause,
-resume, commit, lag) happens here; the model thread only publishes. Offsets are committed only
-up to the oldest record whose result (or dead letter) the broker has not acked.
+resume, commit, lag) happens here. Each poll is prepared whole (``prepare.Preparer``) and handed
+on: requests to the model thread (``batching.MicroBatcher``), dead letters to the publisher
+thread (``publisher.Publisher``), which also receives the model thread's outcomes. Offsets are
+committed only up to the oldest record whose result (or dead letter) the broker has not acked.
 """
 
 from __future__ import annotations
@@ -20,8 +22,9 @@ from ..batching import MicroBatcher
 from ..cache import ResultCache
 from ..config import WorkerSettings
 from ..engine import Engine
-from ..jobs import DeadLetter, Job, Preparer, Source
 from ..metrics import Metrics
+from ..prepare import Preparer
+from ..work import DeadLetter, Prepared, Source
 from .offsets import OffsetTracker
 from .publisher import Publisher
 from .topics import ensure_topics
@@ -55,6 +58,14 @@ class _CommitOnRevoke(AsyncConsumerRebalanceListener):
         log.info("partitions assigned: %s", sorted(f"{tp.topic}/{tp.partition}" for tp in assigned))
 
 
+def batch_budget(settings: WorkerSettings, engines: dict[str, Engine]) -> int:
+    """Tokens per micro-batch: the setting, or else the largest forward batch of the engines
+    (which ``load_engines`` built with the setting), so one budget runs from settings to packing."""
+    if settings.max_batch_tokens is not None:
+        return settings.max_batch_tokens
+    return max((e.runner.max_batch_tokens for e in engines.values()), default=2048)
+
+
 def _as_commit(offsets: dict[TopicPartition, int]) -> dict[TopicPartition, OffsetAndMetadata]:
     return {tp: OffsetAndMetadata(offset, "", -1) for tp, offset in offsets.items()}
 
@@ -64,6 +75,7 @@ class WorkerLoop:
 
     def __init__(self, settings: WorkerSettings, engines: dict[str, Engine], cache: ResultCache, metrics: Metrics) -> None:
         self.settings = settings
+        self.engines = engines
         self.metrics = metrics
         self.cache = cache
         self.tracker = OffsetTracker()
@@ -87,8 +99,8 @@ class WorkerLoop:
         ensure_topics(s.admin_options(), [s.requests_topic, s.results_topic, s.dlq_topic],
                       partitions=s.partitions, replication_factor=s.replication_factor)
         self.producer = KafkaProducer(**s.producer_options())
-        self.publisher = Publisher(self.producer, self.tracker, self.cache, self.metrics, dlq_topic=s.dlq_topic)
-        self.batcher = MicroBatcher(self.publisher.finish, max_batch_tokens=s.max_batch_tokens,
+        self.publisher = Publisher(self.producer, self.tracker, self.cache, self.metrics, dlq_topic=s.dlq_topic).start()
+        self.batcher = MicroBatcher(self.publisher.submit, max_batch_tokens=batch_budget(s, self.engines),
                                     max_batch_requests=s.max_batch_requests, max_wait_ms=s.max_wait_ms, metrics=self.metrics).start()
         self.consumer = KafkaConsumer(**s.consumer_options())
         self.consumer.subscribe([s.requests_topic], listener=_CommitOnRevoke(self))
@@ -120,6 +132,7 @@ class WorkerLoop:
 
     def _shutdown(self) -> None:
         drained = self.batcher.drain(self.settings.drain_timeout_s) if self.batcher else True
+        drained = drained and (self.publisher.drain(self.settings.drain_timeout_s) if self.publisher else True)
         if not drained:
             log.warning("drain timed out after %.0fs; unfinished requests stay uncommitted and will be replayed",
                         self.settings.drain_timeout_s)
@@ -145,14 +158,14 @@ class WorkerLoop:
                 self.tracker.add(tp, rec.offset)
                 headers = tuple((k, v if v is not None else b"") for k, v in (rec.headers or ()))
                 records.append((Source(rec.topic, rec.partition, rec.offset, rec.key, rec.timestamp, headers), rec.value))
-        jobs: list[Job] = []
+        prepared: list[Prepared] = []
         for outcome in self.preparer.prepare(records):
             if isinstance(outcome, DeadLetter):
                 log.warning("dead letter %s: %s", outcome.source.label, outcome.reason)
-                self.publisher.dead_letter(outcome)
+                self.publisher.submit_dead_letter(outcome)
             else:
-                jobs.append(outcome)
-        self.batcher.submit(jobs)
+                prepared.append(outcome)
+        self.batcher.submit(prepared)
 
     def _commit(self) -> None:
         offsets = self.tracker.committable()

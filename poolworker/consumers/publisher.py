@@ -1,13 +1,17 @@
-"""Publishes results and dead letters, and marks records finished once the broker acked them.
+"""The publish stage: its own thread turns ``Finished`` requests into result records and dead
+letters into DLQ records, and marks each record finished once the broker acked it.
 
 Results keep the request's key and carry headers ``status`` (ok|error), ``request_id``,
 ``task`` and ``model``. Only an acked send finishes a record, so a commit never covers a result
-the broker does not have.
+the broker does not have. Body shaping, serialization, the cache SET and ``producer.send`` all
+happen here, never on the model thread; batches are published in the order the model thread
+handed them over, which keeps per-partition order.
 """
 
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
 from collections.abc import Callable
@@ -15,88 +19,151 @@ from collections.abc import Callable
 from kafka.errors import KafkaError, MessageSizeTooLargeError
 from kafka.structs import TopicPartition
 
-from ..cache import ResultCache, encode_value
-from ..jobs import DeadLetter, Job
+from ..cache import ResultCache, encode_value, is_null
 from ..metrics import Metrics
-from ..protocol import encode_message, result_message, status_of
+from ..protocol import ErrorInfo, encode_message, result_message
 from ..tasks import assemble
+from ..work import DeadLetter, Finished, Prepared
 from .offsets import OffsetTracker
 
 log = logging.getLogger(__name__)
 RETRY_DELAY_S = 1.0
 DLQ_VALUE_PREFIX_BYTES = 64 * 1024  # what the DLQ keeps of a record too large for the producer
 DLQ_KEY_PREFIX_BYTES = 1024
+_STOP = object()
 
 
 class Publisher:
+    """``submit``/``submit_dead_letter`` queue work for the publisher thread (``start``);
+    ``publish``/``dead_letter`` do that work synchronously (the thread's body, and tests')."""
+
     def __init__(self, producer, tracker: OffsetTracker, cache: ResultCache, metrics: Metrics, *, dlq_topic: str) -> None:
         self.producer = producer
         self.tracker = tracker
         self.cache = cache
+        self.caching = not is_null(cache)
         self.metrics = metrics
         self.dlq_topic = dlq_topic
         self._closed = threading.Event()
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._pending = 0
+        self._idle = threading.Condition()
+        self._thread = threading.Thread(target=self._loop, name="poolworker-publish", daemon=True)
+
+    # -- the stage -----------------------------------------------------------------------------
+    def start(self) -> Publisher:
+        self._thread.start()
+        return self
+
+    def submit(self, batch: list[Finished]) -> None:
+        self._enqueue(batch)
+
+    def submit_dead_letter(self, letter: DeadLetter) -> None:
+        self._enqueue(letter)
+
+    def _enqueue(self, work: object) -> None:
+        with self._idle:
+            self._pending += 1
+        self._queue.put(work)
+
+    def drain(self, timeout_s: float) -> bool:
+        """Wait until everything submitted has been handed to the producer."""
+        deadline = time.monotonic() + timeout_s
+        with self._idle:
+            while self._pending:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._idle.wait(left)
+        return True
 
     def close(self) -> None:
+        """Stop retrying failed sends and stop the thread (after what is queued)."""
         self._closed.set()
+        if self._thread.is_alive():
+            self._queue.put(_STOP)
+            self._thread.join(10)
+
+    def _loop(self) -> None:
+        while True:
+            work = self._queue.get()
+            if work is _STOP:
+                return
+            try:
+                if isinstance(work, DeadLetter):
+                    self.dead_letter(work)
+                else:
+                    self.publish(work)
+            except Exception:  # noqa: BLE001 - the thread must survive; the record stays uncommitted
+                log.exception("publishing failed; the records stay uncommitted and will be replayed")
+            finally:
+                with self._idle:
+                    self._pending -= 1
+                    self._idle.notify_all()
 
     # -- results ---------------------------------------------------------------------------------
-    def _message(self, job: Job) -> dict:
-        common = dict(request_id=job.request_id, task=job.task, model=job.model, metadata=job.metadata)
-        if job.error is None:
-            try:
-                id2label = getattr(job.engine.model.config, "id2label", None)
-                body = assemble(job.request, job.plan, job.results, model=job.model, id2label=id2label)
-                return result_message(**common, body=body)
-            except Exception as exc:  # noqa: BLE001 - a shaping bug must still answer the request
-                log.exception("could not shape the result of %s", job.request_id)
-                job.fail("internal_error", f"could not build the result: {type(exc).__name__}")
-        return result_message(**common, error=job.error)
-
-    def finish(self, jobs: list[Job]) -> None:
-        """Publish each job's result in order, then cache the items computed for them."""
+    def publish(self, batch: list[Finished]) -> None:
+        """Each request's result in order, then one cache SET for the items computed for them."""
         fresh: dict[str, bytes] = {}
-        for job in jobs:
-            message = self._message(job)
-            if job.error is None:
-                for i in job.fresh:
-                    result = job.results[i]
-                    fresh[job.cache_keys[i]] = encode_value(result.data, result.num_tokens)
-            self._publish_result(job, message)
+        for finished in batch:
+            published_ok = self._publish_result(finished)
+            if published_ok and self.caching:
+                keys = finished.prepared.cache_keys
+                for i in finished.fresh:
+                    result = finished.results[i]
+                    fresh[keys[i]] = encode_value(result.data, result.num_tokens)
         if fresh:
             self.cache.set_many(fresh)
 
-    def _publish_result(self, job: Job, message: dict) -> None:
-        status = status_of(message)
-        headers = [("status", status.encode()), ("request_id", job.request_id.encode("utf-8", "replace"))]
-        headers += [(k, v.encode()) for k, v in (("task", job.task), ("model", job.model)) if isinstance(v, str)]
-        tokens = sum(r.num_tokens for r in job.results if r is not None) if job.error is None else 0
+    def _publish_result(self, finished: Finished) -> bool:
+        """Send one result; True when it went out as an answer (its items may be cached)."""
+        p = finished.prepared
+        error = finished.error
+        value = None
+        if error is None:
+            try:
+                body = assemble(p.request, p.plan, finished.results, model=p.model, id2label=p.labels)  # type: ignore[arg-type]
+                value = encode_message(result_message(request_id=p.request_id, task=p.task, model=p.model,
+                                                      metadata=p.metadata, body=body))
+            except Exception as exc:  # noqa: BLE001 - a shaping bug (or a NaN) must still answer the request
+                log.exception("could not shape the result of %s", p.request_id)
+                error = ErrorInfo(type="internal_error", message=f"could not build the result: {type(exc).__name__}")
+        if error is not None:
+            value = encode_message(result_message(request_id=p.request_id, task=p.task, model=p.model,
+                                                  metadata=p.metadata, error=error))
+        self._send_result(p, value, error, len(finished.results), finished.num_tokens)
+        return error is None
+
+    def _send_result(self, p: Prepared, value: bytes, error: ErrorInfo | None, items: int, tokens: int) -> None:
+        status = "ok" if error is None else "error"
+        headers = [("status", status.encode()), ("request_id", p.request_id.encode("utf-8", "replace"))]
+        headers += [(k, v.encode()) for k, v in (("task", p.task), ("model", p.model)) if isinstance(v, str)]
 
         def acked() -> None:
-            self._finished(job.source.topic, job.source.partition, job.source.offset)
-            model, task = job.model or "unknown", job.task or "unknown"
+            self._finished(p.source.topic, p.source.partition, p.source.offset)
+            model, task = p.model or "unknown", p.task or "unknown"
             self.metrics.request(model, task, status)
-            if job.error is None:
-                self.metrics.items(model, task, len(job.results))
+            if error is None:
+                self.metrics.items(model, task, items)
                 self.metrics.tokens(model, task, tokens)
-            if job.source.timestamp_ms:
-                self.metrics.end_to_end(model, task, max(0.0, time.time() - job.source.timestamp_ms / 1000))
+            if p.source.timestamp_ms:
+                self.metrics.end_to_end(model, task, max(0.0, time.time() - p.source.timestamp_ms / 1000))
 
-        value = encode_message(message)
         try:
-            self._send(job.reply_topic, job.source.key, value, headers, acked)
+            self._send(p.reply_topic, p.source.key, value, headers, acked)
         except MessageSizeTooLargeError:
-            if job.error is not None and job.error.type == "result_too_large":
+            if error is not None and error.type == "result_too_large":
                 # Not even the bare error fits (an oversized key): the DLQ says where the request is.
-                self.dead_letter(DeadLetter(job.source, None, f"result_too_large: even the error result is {len(value)} bytes"))
+                self.dead_letter(DeadLetter(p.source, None, f"result_too_large: even the error result is {len(value)} bytes"))
                 return
             # The echoed metadata may be what is too large (it is the caller's, up to max_request_bytes),
             # so the error result goes without it; the error says so.
-            job.fail("result_too_large", f"the result ({len(value)} bytes) exceeds the producer's max_request_size; "
-                     "send fewer items per request, smaller metadata (dropped from this error) or encoding_format=base64")
-            job.metadata = None
-            self._publish_result(job, result_message(request_id=job.request_id, task=job.task, model=job.model,
-                                                     metadata=None, error=job.error))
+            too_large = ErrorInfo(type="result_too_large", message=(
+                f"the result ({len(value)} bytes) exceeds the producer's max_request_size; send fewer items per "
+                "request, smaller metadata (dropped from this error) or encoding_format=base64"))
+            bare = encode_message(result_message(request_id=p.request_id, task=p.task, model=p.model, metadata=None,
+                                                 error=too_large))
+            self._send_result(p, bare, too_large, 0, 0)
 
     # -- dead letters ----------------------------------------------------------------------------
     def dead_letter(self, letter: DeadLetter) -> None:

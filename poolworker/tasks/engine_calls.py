@@ -1,33 +1,138 @@
-"""``run_plan``: execute a plan's items on an ``Engine`` and return one ``ItemResult`` each.
+"""How plan items meet the engine, in two halves that run on different threads.
 
-The worker calls this once per group of items that share ``Plan.group_key()`` (after cache
-look-ups, so with only the missing items: ``dataclasses.replace(plan, items=missing)``). It is
-the one place that knows how items map onto ``Engine.encode`` and ``Engine.score``.
+- ``engine_call`` + ``tokenize_items`` (the worker's receive thread): check the plan's options
+  against the model once, and turn items into ``ModelInput`` token ids — or each item's typed
+  error. Items of many requests that tokenize alike go through the tokenizer in one call.
+- ``run_call`` (the model thread): forward + pooling on those token ids, nothing validated or
+  tokenized again; results come back as float32 numpy arrays (one array per batch, a view per
+  item), so no stage after it walks floats in Python.
+
+``run_plan`` composes the two for one plan (offline use and tests), so the worker's path is the
+only path.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
 
-from .items import ItemResult, Plan
+import numpy as np
+
+from poolworker.engine.errors import EngineError
+from poolworker.engine.poolers import HeadParams
+from poolworker.engine.prompts import Truncation, raise_first
+
+from .items import Item, ItemResult, Plan
 
 if TYPE_CHECKING:
+    import torch
+
     from poolworker.engine import Engine
+
+Mode = Literal["encode", "cross-encoder", "bi-encoder", "late-interaction"]
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInput:
+    """One item as the model takes it. Encode items: ``ids``. Cross-encoder pairs: ``ids`` of
+    the joined pair and its ``type_ids``. Bi-encoder / late-interaction pairs: ``ids`` of the
+    first text and ``pair_ids`` of the second."""
+
+    ids: list[int]
+    type_ids: list[int] | None = None
+    pair_ids: list[int] | None = None
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.ids) + (len(self.pair_ids) if self.pair_ids is not None else 0)
+
+
+@dataclass(frozen=True)
+class ModelCall:
+    """What a group of model inputs asks of one engine. Hashable: inputs of many requests with
+    equal calls run in one engine call (truncation is not part of it: it is spent on the ids)."""
+
+    engine: Engine
+    mode: Mode
+    pooling_task: str | None
+    params: HeadParams
+
+    @property
+    def side_task(self) -> str | None:
+        """The pooling task a text is tokenized for (None for a cross-encoder pair)."""
+        return self.pooling_task if self.mode == "encode" else self.engine.score_task
+
+
+def model_call(engine: Engine, plan: Plan) -> tuple[ModelCall, Truncation]:
+    """The call and truncation for ``plan`` on ``engine``; raises the options' ``EngineError``."""
+    options = plan.option_dict()
+    truncation = engine.truncation(options.get("truncate_prompt_tokens"), options.get("truncation_side"))
+    if plan.engine_call == "score":
+        mode: Mode = engine.check_score()  # type: ignore[assignment]
+        activation = options.get("use_activation") if mode == "cross-encoder" else None  # as Engine.score
+        return ModelCall(engine, mode, None, HeadParams(None, activation)), truncation  # type: ignore[arg-type]
+    task = plan.pooling_task or engine.default_task
+    params = engine.check_options(task, dimensions=options.get("dimensions"), use_activation=options.get("use_activation"))
+    return ModelCall(engine, "encode", task, params), truncation
+
+
+def tokenize_items(call: ModelCall, truncation: Truncation, items: Sequence[Item],
+                   labels: Sequence[str]) -> list[ModelInput | EngineError]:
+    """One outcome per item, in order; ``labels`` name each item in errors (``input[3]``)."""
+    engine = call.engine
+    if call.mode == "cross-encoder":
+        if any(not isinstance(part, str) for item in items for part in (item.prompt, item.pair)):
+            raise TypeError("cross-encoder items are text pairs")  # plan() only makes text pairs
+        pairs = engine.tokenize_pairs_each([i.prompt for i in items], [i.pair for i in items], labels,  # type: ignore[misc]
+                                           truncation=truncation)
+        return [p if isinstance(p, EngineError) else ModelInput(p[0], type_ids=p[1]) for p in pairs]
+    if call.mode == "encode":
+        ids = engine.tokenize_each([i.prompt for i in items], labels, pooling_task=call.pooling_task, truncation=truncation)  # type: ignore[arg-type]
+        return [x if isinstance(x, EngineError) else ModelInput(x) for x in ids]
+    n = len(items)
+    sides = engine.tokenize_each([i.prompt for i in items] + [i.pair for i in items], list(labels) * 2,  # type: ignore[operator]
+                                 pooling_task=call.side_task, truncation=truncation)  # type: ignore[arg-type]
+    out: list[ModelInput | EngineError] = []
+    for first, second in zip(sides[:n], sides[n:]):
+        bad = first if isinstance(first, EngineError) else second if isinstance(second, EngineError) else None
+        out.append(bad if bad is not None else ModelInput(first, pair_ids=second))  # type: ignore[arg-type]
+    return out
+
+
+def _as_arrays(rows: list[torch.Tensor]) -> list[np.ndarray]:
+    """Float32 numpy per row: one stacked copy for vectors, one per matrix for token tasks."""
+    if rows and all(r.dim() == 1 and r.shape == rows[0].shape for r in rows):
+        import torch
+
+        stacked = torch.stack(rows).float().cpu().numpy()
+        return list(stacked)
+    return [r.float().cpu().numpy() for r in rows]
+
+
+def run_call(call: ModelCall, inputs: Sequence[ModelInput]) -> list[ItemResult]:
+    """Results of ``inputs`` (which ``tokenize_items`` made for ``call``), in order."""
+    if not inputs:
+        return []
+    engine = call.engine
+    if call.mode == "encode":
+        rows = engine.compute(call.pooling_task, [x.ids for x in inputs], call.params)  # type: ignore[arg-type]
+        return [ItemResult(data, x.num_tokens) for data, x in zip(_as_arrays(rows), inputs)]
+    if call.mode == "cross-encoder":
+        scores = engine.cross_encode_ids([x.ids for x in inputs], [x.type_ids for x in inputs], call.params)  # type: ignore[misc]
+    else:
+        unique: dict[tuple[int, ...], int] = {}
+        pairs = [(unique.setdefault(tuple(x.ids), len(unique)), unique.setdefault(tuple(x.pair_ids), len(unique)))  # type: ignore[arg-type]
+                 for x in inputs]
+        scores = engine.score_ids([list(k) for k in unique], pairs)
+    return [ItemResult(float(s), x.num_tokens) for s, x in zip(scores, inputs)]
 
 
 def run_plan(engine: Engine, plan: Plan) -> list[ItemResult]:
-    """Engine errors (``TypeError``/``ValueError`` naming the field) propagate to the caller."""
+    """All of ``plan``'s items on ``engine``; the first item's ``EngineError`` is raised."""
     if not plan.items:
         return []
-    options = plan.option_dict()
-    if plan.engine_call == "score":
-        firsts = [item.prompt for item in plan.items]
-        seconds = [item.pair for item in plan.items]
-        if any(s is None for s in seconds):
-            raise ValueError("score plans hold pairs: every item needs a pair")
-        # Equal-length lists are zipped, so each item is scored on its own pair.
-        outputs = engine.score(firsts, seconds, use_tqdm=False, **options)  # type: ignore[arg-type]
-        return [ItemResult(o.outputs.score, o.num_prompt_tokens) for o in outputs]
-    prompts = [item.engine_prompt() for item in plan.items]
-    outputs = engine.encode(prompts, pooling_task=plan.pooling_task, use_tqdm=False, **options)  # type: ignore[arg-type]
-    return [ItemResult(o.outputs.data.tolist(), o.num_prompt_tokens) for o in outputs]
+    call, truncation = model_call(engine, plan)
+    inputs = tokenize_items(call, truncation, plan.items, [f"input[{i}]" for i in range(len(plan.items))])
+    raise_first(inputs)
+    return run_call(call, inputs)  # type: ignore[arg-type]

@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+import numpy as np
+
 Scalar = str | int | bool | None
 EngineCall = Literal["encode", "score"]
 
@@ -62,13 +64,15 @@ class Plan:
         return dict(self.options)
 
 
-@dataclass
+@dataclass(frozen=True, slots=True)
 class ItemResult:
     """The engine's answer for one item.
 
-    ``data`` is a float for score items, a vector for embed/classify, a matrix (one row per
-    token) for token tasks; ``num_tokens`` is how many tokens the model saw (for usage).
+    ``data`` is a float for score items, a float32 vector for embed/classify, a float32 matrix
+    (one row per token) for token tasks — numpy arrays, so shaping and serializing a body never
+    walks floats in Python (plain lists are accepted too); ``num_tokens`` is how many tokens the
+    model saw (for usage).
     """
 
-    data: float | list[float] | list[list[float]]
+    data: float | np.ndarray | list[float] | list[list[float]]
     num_tokens: int

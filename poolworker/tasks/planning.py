@@ -71,3 +71,16 @@ def plan(request: PoolingRequest) -> Plan:
         return Plan("score", None, _options(request, _SCORE_OPTIONS), items)
     pooling_task = request.pooling_task if request.task == "pooling" else _ENCODE_TASKS[request.task]
     return Plan("encode", pooling_task, _options(request, _ENCODE_OPTIONS), _prompt_items(request.input))  # type: ignore[arg-type]
+
+
+def item_labels(request: PoolingRequest, work: Plan) -> list[str]:
+    """The request field each item came from (``input[3]``, ``documents[0]``), so an error
+    about one item names what the caller must fix."""
+    if work.engine_call == "encode":
+        prompts = request.input
+        single = isinstance(prompts, str) or (bool(prompts) and isinstance(prompts[0], int))  # type: ignore[index]
+        return ["input"] if single else [f"input[{i}]" for i in range(len(work.items))]
+    field = "documents" if request.task == "rerank" else "text_2"
+    if isinstance(getattr(request, field), str):
+        return [field] * len(work.items)
+    return [f"{field}[{i}]" for i in range(len(work.items))]

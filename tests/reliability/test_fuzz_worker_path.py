@@ -1,6 +1,6 @@
 """Hypothesis fuzz of the worker's whole in-process path, beyond the parser (whose own fuzz tests
 are in tests/test_protocol.py): records -> Preparer (parse, route, plan, cache, tokenize) ->
-run_jobs (the real MiniLM) -> Publisher (shape, encode, send). For any input, no exception
+infer (the real MiniLM) -> Publisher (shape, encode, send). For any input, no exception
 escapes, every record is sent exactly once (a result or a dead letter), and every record is
 finished, so its offset can be committed."""
 
@@ -12,13 +12,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from kafka.structs import TopicPartition
 
-from poolworker.batching import run_jobs
+from poolworker.batching import infer
 from poolworker.cache import make_cache
 from poolworker.consumers.offsets import OffsetTracker
 from poolworker.consumers.publisher import Publisher
-from poolworker.jobs import DeadLetter, Preparer, Source
 from poolworker.metrics import Metrics
+from poolworker.prepare import Preparer
 from poolworker.protocol import TASKS
+from poolworker.work import DeadLetter, Source
 
 from .procs import AckedAtOnce
 
@@ -69,14 +70,13 @@ def test_fuzz_records_through_the_worker_path(minilm_engine, bodies):
         tracker.add(TopicPartition("req", 0), source.offset)
     outcomes = preparer.prepare(records)
     assert len(outcomes) == len(records)
-    jobs = []
+    prepared = []
     for outcome in outcomes:
         if isinstance(outcome, DeadLetter):
             publisher.dead_letter(outcome)
         else:
-            jobs.append(outcome)
-    run_jobs(jobs)
-    publisher.finish(jobs)
+            prepared.append(outcome)
+    publisher.publish(infer(prepared))
     assert len(producer.sent) == len(records)
     assert tracker.inflight() == 0
     for topic, value in producer.sent:

@@ -11,10 +11,12 @@ import time
 
 import pytest
 
-from poolworker.batching import MicroBatcher, run_jobs
+from poolworker.batching import MicroBatcher, infer
 from poolworker.cache import make_cache
 from poolworker.config import WorkerSettings
-from poolworker.jobs import Preparer, Source
+from poolworker.consumers.loop import batch_budget
+from poolworker.prepare import Preparer
+from poolworker.work import Source
 
 from .procs import TopicReader, create_topics, embed_requests, produce
 
@@ -32,22 +34,23 @@ def test_worst_case_batch_is_far_below_max_poll_interval(minilm_engine, report):
                         max_request_bytes=settings.max_request_bytes, max_items_per_request=settings.max_items_per_request)
     records = [(Source("t", 0, i, None, None), json.dumps({"request_id": f"r{i}", "task": "embed", "input": LONG_TEXT,
                                                             "truncate_prompt_tokens": -1}).encode()) for i in range(64)]
-    jobs = preparer.prepare(records)
-    assert all(j.error is None for j in jobs) and jobs[0].cost_tokens == minilm_engine.max_model_len
-    batcher = MicroBatcher(lambda jobs: None, max_batch_tokens=settings.max_batch_tokens,
+    prepared = preparer.prepare(records)
+    assert all(p.error is None for p in prepared) and prepared[0].cost_tokens == minilm_engine.max_model_len
+    budget = batch_budget(settings, {"minilm": minilm_engine})
+    batcher = MicroBatcher(lambda finished: None, max_batch_tokens=budget,
                            max_batch_requests=settings.max_batch_requests, max_wait_ms=0)
-    batcher.submit(jobs)
+    batcher.submit(prepared)
     batch = batcher._take_batch()
-    tokens = sum(j.cost_tokens for j in batch)
-    assert tokens <= settings.max_batch_tokens and len(batch) == settings.max_batch_tokens // minilm_engine.max_model_len
+    tokens = sum(p.cost_tokens for p in batch)
+    assert tokens <= budget and len(batch) == budget // minilm_engine.max_model_len
     start = time.perf_counter()
-    run_jobs(batch)
+    finished = infer(batch)
     seconds = time.perf_counter() - start
-    assert all(j.error is None and not j.missing for j in batch)
+    assert all(f.error is None and len(f.results) == 1 for f in finished)
     budget_s = settings.max_poll_interval_ms / 1000
     assert seconds < budget_s / 10, f"a full batch took {seconds:.1f}s; max_poll_interval_ms is {budget_s:.0f}s"
     report["worst-case batch"] = (f"{len(batch)} x {minilm_engine.max_model_len} tokens = {tokens} tokens "
-                                  f"(max_batch_tokens {settings.max_batch_tokens}) in {seconds:.2f}s on this CPU; "
+                                  f"(max_batch_tokens {budget}) in {seconds:.2f}s on this CPU; "
                                   f"max_poll_interval_ms {settings.max_poll_interval_ms}")
 
 

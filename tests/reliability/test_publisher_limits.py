@@ -14,8 +14,9 @@ from poolworker.consumers.publisher import (
     DLQ_VALUE_PREFIX_BYTES,
     Publisher,
 )
-from poolworker.jobs import DeadLetter, Job, Source
 from poolworker.metrics import Metrics
+from poolworker.protocol import ErrorInfo
+from poolworker.work import DeadLetter, Finished, Prepared, Source
 
 from .procs import AckedAtOnce
 
@@ -62,12 +63,11 @@ def test_dead_letters_too_large_or_empty_are_still_sent():
 
 def test_a_result_too_large_becomes_an_error_without_metadata_or_a_dead_letter():
     tracker, producer, publisher = _setup(0, 1)
-    job = Job(Source("req", 0, 0, b"k", None), "r0", "embed", "m", "res", metadata={"blob": "m" * (2 * LIMIT)})
-    job.fail("invalid_request", "input is wrong", "input")
-    publisher.finish([job])
-    huge = Job(Source("req", 0, 1, b"k" * (2 * LIMIT), None), "r1", "embed", "m", "res")
-    huge.fail("invalid_request", "input is wrong", "input")
-    publisher.finish([huge])
+    wrong = ErrorInfo(type="invalid_request", message="input is wrong", param="input")
+    job = Prepared(Source("req", 0, 0, b"k", None), "r0", "embed", "m", "res", metadata={"blob": "m" * (2 * LIMIT)}, error=wrong)
+    publisher.publish([Finished(job, error=wrong)])
+    huge = Prepared(Source("req", 0, 1, b"k" * (2 * LIMIT), None), "r1", "embed", "m", "res", error=wrong)
+    publisher.publish([Finished(huge, error=wrong)])
     assert tracker.inflight() == 0
     (topic0, _, value0, headers0), (topic1, key1, _, headers1) = producer.sent
     assert topic0 == "res" and b'"result_too_large"' in value0 and b'"metadata":null' in value0
