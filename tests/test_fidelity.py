@@ -231,3 +231,18 @@ def test_transformers_head_refuses_a_pooling_override(checkpoint, Engine):
     """Its own head pools; a pooling_type would be silently ignored, so it is an error."""
     with pytest.raises(ValueError, match="pools by itself"):
         Engine(str(checkpoint("funnel", "classify")), device="cpu", pooler_config={"pooling_type": "MEAN"})
+
+
+def test_missing_head_weights_are_refused_not_random(checkpoint, Engine, tmp_path):
+    """transformers fills a weight the checkpoint lacks with random values; the BERT pooler is
+    part of the classifier head, so a checkpoint without it must not load."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(checkpoint("bert", "classify"), tmp_path / "m")
+    weights = tmp_path / "m" / "model.safetensors"
+    tensors = {k: v for k, v in load_file(str(weights)).items() if "pooler" not in k}
+    save_file(tensors, str(weights), metadata={"format": "pt"})
+    with pytest.raises(ValueError, match="pooler.dense"):
+        Engine(str(tmp_path / "m"), device="cpu")
