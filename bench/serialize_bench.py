@@ -120,7 +120,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=0.2, help="time budget per case and way")
     args = parser.parse_args()
-    print(f"{'body':30} {'bytes':>8} {'old µs':>9} {'new µs':>9} {'speed-up':>9}")
+    print(f"{'body':30} {'old bytes':>10} {'new bytes':>10} {'old µs':>9} {'new µs':>9} {'speed-up':>9}")
     for case in CASES:
         request = parse_request(json.dumps({"request_id": "bench-1", **case.body}).encode())
         work = plan(request)
@@ -132,7 +132,7 @@ def main() -> None:
             raise SystemExit(f"{case.name}: old and new bodies differ")
         t_old = seconds_per_call(partial(message_bytes, request, work, lists, json_encode), args.seconds)
         t_new = seconds_per_call(partial(message_bytes, request, work, arrays, encode_message), args.seconds)
-        print(f"{case.name:30} {len(new):>8} {t_old * 1e6:>9.1f} {t_new * 1e6:>9.1f} {t_old / t_new:>8.1f}x")
+        print(f"{case.name:30} {len(old):>10} {len(new):>10} {t_old * 1e6:>9.1f} {t_new * 1e6:>9.1f} {t_old / t_new:>8.1f}x")
 
 
 if __name__ == "__main__":
