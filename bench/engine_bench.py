@@ -22,7 +22,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from poolworker.benchmark import DEFAULT_OUT, run_benchmark
+from bench.engine_race import DEFAULT_OUT, run_benchmark
 
 
 def main() -> None:

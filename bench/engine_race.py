@@ -8,6 +8,8 @@ Runs of the two contenders alternate (A, B, A, B, ...) and medians are reported,
 machines are noisy.
 
 ``poolworker bench`` calls :func:`run_benchmark`; ``bench/engine_bench.py`` is the script form.
+It lives under ``bench/`` (not in the installed package): a benchmark is a tool for this
+repository, and the runtime should not carry sentence-transformers-shaped code it never runs.
 """
 
 from __future__ import annotations
@@ -26,52 +28,17 @@ from pathlib import Path
 
 import torch
 
+from bench.models import bert_base
+from poolworker.corpus import find_corpus, find_minilm, load_texts
+
 ROOT = Path(__file__).resolve().parents[1]
-CORPUS = ROOT.parent / "shared" / "corpus" / "docstrings.jsonl"
 DEFAULT_OUT = ROOT / "bench" / "out"
-# Copies that travel with the repo to a machine without ../shared or the MiniLM package (the GPU
-# image): written by bench/prepare_gpu_data.py, ignored by git.
-BENCH_DATA = ROOT / "bench" / "data"
-MINILM_ENV = "POOLWORKER_MINILM_PATH"
-CORPUS_ENV = "POOLWORKER_CORPUS"
 ST_BATCH_SIZE = 32
 
 
 # ----------------------------------------------------------------------------------------------
 # Inputs
 # ----------------------------------------------------------------------------------------------
-def find_minilm() -> Path:
-    """all-MiniLM-L6-v2: ``$POOLWORKER_MINILM_PATH``, else the bundled package / HF cache, else
-    ``bench/data/all-MiniLM-L6-v2``. Raises ``FileNotFoundError`` naming all three."""
-    explicit = os.environ.get(MINILM_ENV)
-    if explicit:
-        return Path(explicit)
-    from poolworker.engine.resolve import ModelNotFoundError, resolve_model_path
-
-    try:
-        return resolve_model_path("all-MiniLM-L6-v2")
-    except (ModelNotFoundError, ImportError) as exc:
-        copy = BENCH_DATA / "all-MiniLM-L6-v2"
-        if (copy / "config.json").is_file():
-            return copy
-        raise FileNotFoundError(f"all-MiniLM-L6-v2 not found ({exc}); set {MINILM_ENV}, or run bench/prepare_gpu_data.py "
-                                f"where it is installed to write {copy}") from exc
-
-
-def find_corpus() -> Path:
-    """The docstrings corpus: ``$POOLWORKER_CORPUS``, ``../shared/corpus``, or ``bench/data``."""
-    for path in (os.environ.get(CORPUS_ENV), CORPUS, BENCH_DATA / "docstrings.jsonl"):
-        if path and Path(path).is_file():
-            return Path(path)
-    raise FileNotFoundError(f"docstrings corpus not found at {CORPUS} or {BENCH_DATA} (or ${CORPUS_ENV})")
-
-
-def load_texts(n: int | None, corpus: Path = CORPUS) -> list[str]:
-    with corpus.open(encoding="utf-8") as f:
-        texts = [json.loads(line)["text"] for line in f if line.strip()]
-    return texts if n is None else texts[:n]
-
-
 def long_documents(texts: list[str], tokenizer, n: int, target_tokens: int = 300) -> list[str]:
     """Documents of about ``target_tokens`` tokens, made by joining consecutive corpus texts."""
     docs: list[str] = []
@@ -87,38 +54,6 @@ def long_documents(texts: list[str], tokenizer, n: int, target_tokens: int = 300
             docs.append("\n".join(parts))
             parts, count = [], 0
     return docs
-
-
-def make_bert_base(out: Path, tokenizer_from: Path, seed: int = 0) -> Path:
-    """A BERT-base-shaped model (12 layers, hidden 768, 12 heads, FFN 3072) with random weights,
-    MiniLM's tokenizer and Sentence-Transformers files (mean pooling + normalize), so both
-    contenders load the same folder and must agree."""
-    from transformers import AutoTokenizer, BertConfig, BertModel
-
-    out = Path(out)
-    if (out / "model.safetensors").is_file():
-        return out
-    out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(seed)
-    config = BertConfig(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072, max_position_embeddings=512)
-    model = BertModel(config).eval()
-    config.architectures = ["BertModel"]
-    model.save_pretrained(str(out), safe_serialization=True)
-    AutoTokenizer.from_pretrained(str(tokenizer_from)).save_pretrained(str(out))
-    files = {
-        "modules.json": [
-            {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-            {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
-            {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"},
-        ],
-        "sentence_bert_config.json": {"max_seq_length": 512, "do_lower_case": False},
-        "1_Pooling/config.json": {"word_embedding_dimension": 768, "pooling_mode_mean_tokens": True},
-    }
-    for name, obj in files.items():
-        (out / name).parent.mkdir(parents=True, exist_ok=True)
-        (out / name).write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")
-    (out / "2_Normalize").mkdir(exist_ok=True)
-    return out
 
 
 # ----------------------------------------------------------------------------------------------
@@ -421,7 +356,7 @@ def run_benchmark(
             hidden = 384
         elif name == "bert-base":
             work = Path(work_dir) if work_dir else Path(out_dir) / "models"
-            path = make_bert_base(work / "bert-base-random", minilm)
+            path = bert_base(work / "bert-base-random", minilm)
             case = Case("bert-base", path, {"short": texts[:base_short_docs], "long": docs[:base_long_docs]})
             hidden = 768
         else:

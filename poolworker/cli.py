@@ -49,7 +49,7 @@ def models(
 
 
 def _demo_texts(limit: int) -> list[str]:
-    from .benchmark import find_corpus, load_texts
+    from .corpus import find_corpus, load_texts
 
     try:
         return load_texts(limit, find_corpus())
@@ -213,6 +213,21 @@ def submit(
     typer.echo(f"{len(futures)} results, {failed} errors", err=True)
 
 
+def bench_module(name: str):
+    """``bench/<name>.py`` of the source checkout this package runs from. The benchmarks are
+    tools of the repository, not of the installed package, so an installed copy has none."""
+    import importlib
+
+    root = Path(__file__).resolve().parents[1]
+    script = root / "bench" / f"{name}.py"
+    if not script.is_file():
+        raise FileNotFoundError(f"poolworker bench needs a source checkout: {script} does not exist (the benchmarks live in the "
+                                "repository's bench/ folder and are not installed; clone it and run `pip install -e .` there)")
+    if str(root) not in sys.path:
+        sys.path.append(str(root))
+    return importlib.import_module(f"bench.{name}")
+
+
 @app.command()
 def bench(
     model: Annotated[list[str] | None, typer.Option("--model", help="minilm and/or bert-base (random weights); repeatable.")] = None,
@@ -223,11 +238,15 @@ def bench(
     out_dir: Annotated[Path, typer.Option(help="Where the JSON and PNG go.")] = Path("bench/out"),
 ) -> None:
     """Engine vs sentence-transformers on the same machine: docs/s, tokens/s, MFU against the
-    measured GEMM peak, batch-1 latency, peak memory; JSON + PNG in --out-dir."""
-    from .benchmark import run_benchmark
-
-    run_benchmark(models=tuple(model or ("minilm", "bert-base")), short_docs=short_docs, long_docs=long_docs,
-                  repeats=repeats, device=device, out_dir=out_dir)
+    measured GEMM peak, batch-1 latency, peak memory; JSON + PNG in --out-dir. Needs a source
+    checkout (the benchmarks live in bench/)."""
+    try:
+        module = bench_module("engine_race")
+    except FileNotFoundError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    module.run_benchmark(models=tuple(model or ("minilm", "bert-base")), short_docs=short_docs, long_docs=long_docs,
+                         repeats=repeats, device=device, out_dir=out_dir)
 
 
 if __name__ == "__main__":

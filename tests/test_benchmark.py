@@ -5,13 +5,17 @@ outputs really are sentence-transformers' outputs."""
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
+import builders
 import pytest
 
-from poolworker.benchmark import format_table, linear_flops_per_token, run_benchmark
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.append(str(REPO))  # the benchmarks live in bench/, outside the installed package
 
-import builders
+from bench.engine_race import format_table, linear_flops_per_token, run_benchmark
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +68,7 @@ def test_prepared_gpu_data_fits_a_device_carry_and_embeds_the_same(tmp_path, min
 
     import torch
 
-    from poolworker import benchmark
+    from poolworker import corpus as inputs
 
     spec = importlib.util.spec_from_file_location("prepare_gpu_data", Path(__file__).resolve().parents[1] / "bench" / "prepare_gpu_data.py")
     module = importlib.util.module_from_spec(spec)
@@ -74,11 +78,23 @@ def test_prepared_gpu_data_fits_a_device_carry_and_embeds_the_same(tmp_path, min
     assert size < 64 * 2**20
     assert written["corpus"].read_bytes() == builders.corpus_path().read_bytes()
 
-    monkeypatch.setenv(benchmark.MINILM_ENV, str(written["model"]))
-    monkeypatch.setenv(benchmark.CORPUS_ENV, str(written["corpus"]))
-    assert benchmark.find_minilm() == written["model"] and benchmark.find_corpus() == written["corpus"]
+    monkeypatch.setenv(inputs.MINILM_ENV, str(written["model"]))
+    monkeypatch.setenv(inputs.CORPUS_ENV, str(written["corpus"]))
+    assert inputs.find_minilm() == written["model"] and inputs.find_corpus() == written["corpus"]
     copy = Engine(str(written["model"]))
     texts = corpus[:32]
     a = torch.tensor([o.outputs.embedding for o in copy.embed(texts, truncate_prompt_tokens=-1)])
     b = torch.tensor([o.outputs.embedding for o in minilm_engine.embed(texts, truncate_prompt_tokens=-1)])
     assert torch.nn.functional.cosine_similarity(a, b).min().item() >= 0.9999
+
+
+def test_bench_needs_a_source_checkout(monkeypatch, tmp_path):
+    """An installed package has no bench/: ``poolworker bench`` says so instead of an ImportError."""
+    from typer.testing import CliRunner
+
+    from poolworker import cli
+
+    assert cli.bench_module("engine_race").run_benchmark is run_benchmark
+    monkeypatch.setattr(cli, "__file__", str(tmp_path / "site-packages" / "poolworker" / "cli.py"))
+    result = CliRunner().invoke(cli.app, ["bench", "--model", "minilm"])
+    assert result.exit_code == 2 and "source checkout" in result.output

@@ -30,7 +30,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from poolworker.kernels import pooling as ref
 
-from poolworker import benchmark, kernels
+from poolworker import corpus, kernels
 
 REPO = Path(__file__).resolve().parent.parent
 TRITON_MISSING = importlib.util.find_spec("triton") is None
@@ -320,8 +320,8 @@ def test_engine_on_cuda_matches_sentence_transformers():
     from poolworker import Engine
 
     try:
-        path = benchmark.find_minilm()
-        texts = benchmark.load_texts(500, benchmark.find_corpus())
+        path = corpus.find_minilm()
+        texts = corpus.load_texts(500, corpus.find_corpus())
     except FileNotFoundError as exc:
         pytest.fail(str(exc))
     engine = Engine(str(path), device="cuda", dtype="float32")
