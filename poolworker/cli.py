@@ -78,6 +78,7 @@ def run(
     max_wait_ms: Annotated[int | None, typer.Option(help="How long a batch waits to fill.")] = None,
     max_inflight_requests: Annotated[int | None, typer.Option(help="Pause consuming above this many unfinished requests.")] = None,
     allowed_reply_topics: Annotated[str | None, typer.Option(help="Regex of topics reply_to may name.")] = None,
+    processes: Annotated[int | None, typer.Option(help="Worker processes on this host, one consumer group (1: this process serves).")] = None,
     config: Annotated[Path | None, typer.Option(help="TOML or JSON settings file.")] = None,
     log_level: Annotated[str, typer.Option(help="Logging level.")] = "INFO",
 ) -> None:
@@ -93,12 +94,18 @@ def run(
             redis_url=redis_url, metrics_port=metrics_port,
             kafka_options=parse_key_values(kafka_option, "--kafka-option") if kafka_option else None,
             max_batch_tokens=max_batch_tokens, max_batch_requests=max_batch_requests, max_wait_ms=max_wait_ms,
-            max_inflight_requests=max_inflight_requests, allowed_reply_topics=allowed_reply_topics,
+            max_inflight_requests=max_inflight_requests, allowed_reply_topics=allowed_reply_topics, processes=processes,
         )
-        serve(settings)
+        if settings.processes == 1:
+            serve(settings)
+            return
+        from .processes import run_processes
+
+        status = run_processes(settings, log_level)
     except (ValueError, TypeError, FileNotFoundError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
+    raise typer.Exit(status)
 
 
 @app.command()

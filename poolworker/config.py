@@ -81,6 +81,7 @@ class WorkerSettings(BaseSettings):
     max_request_bytes: int = Field(8 * 1024 * 1024, ge=1024)
     max_items_per_request: int = Field(4096, ge=1)
     drain_timeout_s: float = Field(60.0, gt=0)
+    processes: int = Field(1, ge=1, description="worker processes on this host, one consumer group; 1: no child process")
 
     # cache and metrics
     redis_url: str | None = "redis://127.0.0.1:6379/0"
