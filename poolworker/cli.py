@@ -237,21 +237,32 @@ def bench_module(name: str):
 
 @app.command()
 def bench(
+    pipeline: Annotated[bool, typer.Option("--pipeline", help="Worker vs plain relay vs Engine.embed, --processes 1 vs 2 (bench/pipeline.py) "
+                                                              "instead of engine vs sentence-transformers.")] = False,
     model: Annotated[list[str] | None, typer.Option("--model", help="minilm and/or bert-base (random weights); repeatable.")] = None,
     short_docs: Annotated[int, typer.Option(help="Short corpus texts per run.")] = 2000,
     long_docs: Annotated[int, typer.Option(help="~300-token documents per run.")] = 300,
     repeats: Annotated[int, typer.Option(help="Alternating repeats per measurement (medians are reported).")] = 3,
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    docs: Annotated[int | None, typer.Option(help="--pipeline: tiny-model requests (default 20000).")] = None,
+    minilm_docs: Annotated[int | None, typer.Option(help="--pipeline: MiniLM requests, 0 to skip (default 2000).")] = None,
+    processes: Annotated[str | None, typer.Option(help="--pipeline: worker process counts, comma-separated (default 1,2).")] = None,
+    smoke: Annotated[bool, typer.Option(help="--pipeline: tiny sizes (checks the script, not the speed).")] = False,
     out_dir: Annotated[Path, typer.Option(help="Where the JSON and PNG go.")] = Path("bench/out"),
 ) -> None:
     """Engine vs sentence-transformers on the same machine: docs/s, tokens/s, MFU against the
-    measured GEMM peak, batch-1 latency, peak memory; JSON + PNG in --out-dir. Needs a source
-    checkout (the benchmarks live in bench/)."""
+    measured GEMM peak, batch-1 latency, peak memory. With --pipeline: is the worker the
+    bottleneck (worker vs a plain Kafka relay vs the engine alone). JSON + PNG in --out-dir.
+    Needs a source checkout (the benchmarks live in bench/)."""
     try:
-        module = bench_module("engine_race")
+        module = bench_module("pipeline" if pipeline else "engine_race")
     except FileNotFoundError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
+    if pipeline:
+        sizes = module.sizes_from(smoke, docs=docs, minilm_docs=minilm_docs, processes=processes)
+        module.run_pipeline(sizes, out_dir)
+        return
     module.run_benchmark(models=tuple(model or ("minilm", "bert-base")), short_docs=short_docs, long_docs=long_docs,
                          repeats=repeats, device=device, out_dir=out_dir)
 

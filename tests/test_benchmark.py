@@ -1,6 +1,7 @@
 """``poolworker bench`` / bench/engine_bench.py on a tiny run: the numbers it reports are the ones
 its own definitions give (ratios of the measured times, MFU against the measured peak), and its
-outputs really are sentence-transformers' outputs."""
+outputs really are sentence-transformers' outputs. ``poolworker bench --pipeline``
+(bench/pipeline.py): its contenders run against a real broker and its report follows from them."""
 
 from __future__ import annotations
 
@@ -98,3 +99,71 @@ def test_bench_needs_a_source_checkout(monkeypatch, tmp_path):
     monkeypatch.setattr(cli, "__file__", str(tmp_path / "site-packages" / "poolworker" / "cli.py"))
     result = CliRunner().invoke(cli.app, ["bench", "--model", "minilm"])
     assert result.exit_code == 2 and "source checkout" in result.output
+
+
+# ----------------------------------------------------------------------------------------------
+# bench/pipeline.py
+# ----------------------------------------------------------------------------------------------
+def test_pipeline_inputs_are_short_distinct_real_texts(corpus):
+    from bench.pipeline import embed_requests, short_texts
+
+    texts = short_texts(corpus, 3 * len(corpus))
+    assert len(set(texts)) == len(texts) == 3 * len(corpus)  # cycled past the corpus, still distinct
+    assert texts[0] == corpus[0].splitlines()[0].strip() and all("\n" not in t for t in texts)
+    key, value = embed_requests(texts[:1], "tiny")[0]
+    assert key == b"r0" and json.loads(value) == {"request_id": "r0", "task": "embed", "model": "tiny", "input": texts[0],
+                                                   "truncate_prompt_tokens": -1}
+
+
+def test_pipeline_numbers_follow_from_the_measurements(tmp_path):
+    from bench.pipeline import (
+        format_table,
+        percentiles,
+        ratios,
+        throughput,
+        write_chart,
+    )
+
+    assert throughput([1000, 1500, 3000], started_ms=500) == {"docs": 3, "seconds": 2.5, "docs_per_s": 1.2, "first_to_last_s": 2.0,
+                                                             "first_to_last_docs_per_s": 1.0}
+    lat = percentiles([float(v) for v in range(1, 102)])
+    assert lat["p50_ms"] == 51 and lat["p99_ms"] == 100 and lat["max_ms"] == 101
+    row = {"docs": 100, "seconds": 1.0}
+    results = {"machine": {"processor": "cpu", "cpus": 2, "date": "today"},
+               "tiny": {"relay": {**row, "docs_per_s": 5000.0}, "worker_p1": {**row, "docs_per_s": 2500.0, "processes": 1},
+                        "worker_p2": {**row, "docs_per_s": 4000.0, "processes": 2, "threads": 1, "inference_seconds": 0.5},
+                        "engine": {**row, "docs_per_s": 10000.0}},
+               "minilm": {"worker_p1": {**row, "docs_per_s": 90.0, "processes": 1}, "engine": {**row, "docs_per_s": 100.0}}}
+    results["ratios"] = ratios(results)
+    assert results["ratios"] == pytest.approx({"worker/relay": 0.5, "worker/engine": 0.25, "2 procs/1 proc": 1.6,
+                                               "worker 2 procs/relay": 0.8, "minilm worker/engine": 0.9})
+    table = format_table(results)
+    assert "| worker --processes 2 | 1 |" in table and "**1.60x**" in table
+    assert "25%" in table  # model busy: 0.5 s of inference per process over a 1 s span
+    assert write_chart(results, tmp_path / "pipeline.png").is_file()
+
+
+def test_pipeline_contenders_against_a_real_broker(broker, tmp_path, minilm_path, corpus):
+    """The relay and a one-process worker on the same pre-loaded requests: every request
+    answered once, a rate and a latency measured, the worker drained with exit 0."""
+    from reliability.procs import ProcessPool
+
+    from bench.models import tiny_bert
+    from bench.pipeline import Sizes, embed_requests, run_relay, run_worker, short_texts
+
+    sizes = Sizes.smoke()
+    texts = short_texts(corpus, 120)
+    messages = embed_requests(texts, "tiny")
+    probe = texts[:5]
+    relay = run_relay(broker.bootstrap_servers, messages, "tiny", sizes, probe)
+    assert relay["distinct_request_ids"] == len(texts) and relay["docs_per_s"] > 0 and relay["latency"]["n"] == len(probe)
+
+    pool = ProcessPool(tmp_path)
+    try:
+        tiny = tiny_bert(tmp_path / "tiny", minilm_path)
+        worker = run_worker(pool, broker.bootstrap_servers, messages, "tiny", tiny, 1, sizes, probe)
+    finally:
+        pool.close()
+    assert worker["distinct_request_ids"] == len(texts) and worker["errors"] == 0 and worker["exit_code"] == 0
+    assert worker["latency"]["n"] == len(probe) and 0 < worker["latency"]["p50_ms"] <= worker["latency"]["p99_ms"]
+    assert worker["assignments"] == {"worker": 1} and worker["inference_seconds"] > 0
