@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import signal
 import threading
@@ -45,6 +46,7 @@ class Worker:
         self.loop = WorkerLoop(settings, self.engines, self.cache, self.metrics)
 
     def run(self, stop: threading.Event) -> None:
+        freeze_long_lived_objects()
         if self.settings.metrics_port is not None:
             self.server = MetricsServer(self.metrics, self.settings.metrics_host, self.settings.metrics_port)
             self.metrics_port = self.server.start()
@@ -55,6 +57,14 @@ class Worker:
             self.cache.close()
             if self.server is not None:
                 self.server.stop()
+
+
+def freeze_long_lived_objects() -> None:
+    """Move everything alive now (torch, transformers, the models: millions of objects) out of
+    the garbage collector's reach. Otherwise every full collection walks them all: on a
+    near-free model those 0.2-0.5 s pauses were the longest gaps between results."""
+    gc.collect()
+    gc.freeze()
 
 
 def serve(settings: WorkerSettings) -> None:
