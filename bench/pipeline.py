@@ -500,7 +500,7 @@ def write_chart(results: dict, path: Path) -> Path | None:
     for ax, (model, rows) in zip(axes[0], panels):
         labels = [contender_name(k, row).replace(" --", "\n--") + (f"\n{row['threads']} thr" if "threads" in row else "") for k, row in rows.items()]
         values = [row["docs_per_s"] for row in rows.values()]
-        bars = ax.bar(range(len(values)), values, color=["tab:gray" if k == "relay" else "tab:green" if k == "engine" else "tab:blue" for k in rows])
+        bars = ax.bar(range(len(values)), values, color=["tab:gray" if k == "relay" else "tab:green" if k.startswith("engine") else "tab:blue" for k in rows])
         for bar, value in zip(bars, values):
             ax.annotate(f"{value:,.0f}", (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom", fontsize=8)
         ax.set_xticks(range(len(values)), labels, fontsize=8)
