@@ -103,8 +103,13 @@ class MicroBatcher:
         self._thread = threading.Thread(target=self._loop, name="poolworker-model", daemon=True)
 
     def start(self) -> MicroBatcher:
+        """Run the model loop on a thread of its own."""
         self._thread.start()
         return self
+
+    def serve(self) -> None:
+        """Run the model loop on the calling thread until ``stop``."""
+        self._loop()
 
     def submit(self, prepared: list[Prepared]) -> None:
         if not prepared:
