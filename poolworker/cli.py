@@ -140,7 +140,8 @@ def dev(
             start = time.perf_counter()
             futures = [client.submit({"task": "embed", "input": t, "truncate_prompt_tokens": -1}, key=str(i)) for i, t in enumerate(texts)]
             client.flush()
-            results = [f.result(300) for f in tqdm(futures, desc="demo documents", unit="doc")]
+            arrivals = _await_as_they_come(futures, timeout_s=300)
+            results = [f.result() for f in futures]
             elapsed = time.perf_counter() - start
         tokens = sum(r.get("usage", {}).get("prompt_tokens", 0) for r in results)
         hits = worker.metrics.registry.get_sample_value("poolworker_cache_hits_total") or 0
@@ -148,7 +149,9 @@ def dev(
         for text, r in list(zip(texts, results))[:3]:
             vec = r["data"][0]["embedding"]
             typer.echo(f"  {' '.join(text.split())[:56]!r:60} -> [{', '.join(f'{v:+.4f}' for v in vec[:4])}, ...] ({len(vec)} dims)")
-        typer.echo(f"{len(results)} documents ({tokens} tokens, {errors} errors) through Kafka in {elapsed:.1f}s: "
+        gap = max((b - a for a, b in zip(arrivals, arrivals[1:])), default=0.0)
+        typer.echo(f"{len(results)} documents ({tokens} tokens, {errors} errors) through Kafka in {elapsed:.1f}s "
+                   f"(longest wait between two results: {gap:.2f}s): "
                    f"{len(results) / elapsed:.0f} docs/s, {tokens / elapsed:.0f} tokens/s; cache {worker.cache.description}: "
                    f"{hits:.0f} of {len(results)} documents were cache hits")
         if exit_after_demo:
@@ -169,6 +172,19 @@ def dev(
         stop.set()
         thread.join(60)
         broker.stop()
+
+
+def _await_as_they_come(futures: list, timeout_s: float) -> list[float]:
+    """Wait for every future with a progress bar that moves as results arrive (not in submission
+    order, which partitions do not keep); returns the arrival times, in arrival order."""
+    from concurrent.futures import as_completed
+
+    arrivals = []
+    with tqdm(total=len(futures), desc="demo documents", unit="doc") as bar:
+        for _ in as_completed(futures, timeout=timeout_s):
+            arrivals.append(time.perf_counter())
+            bar.update(1)
+    return arrivals
 
 
 def _wait_until_assigned(worker, thread: threading.Thread, timeout_s: float = 60.0) -> None:
