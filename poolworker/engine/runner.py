@@ -17,6 +17,7 @@ tasks); ``Runner.forward`` returns every token's hidden state in the caller's or
 from __future__ import annotations
 
 import inspect
+import itertools
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -175,7 +176,7 @@ class Runner:
     # -- packed path ----------------------------------------------------------------------------
     def _forward_packed(self, ids: list[list[int]], types: list[list[int]] | None) -> Packed:
         device = self.model.device
-        flat = torch.tensor([t for x in ids for t in x], dtype=torch.long).to(device)
+        flat = torch.tensor(list(itertools.chain.from_iterable(ids)), dtype=torch.long).to(device)
         use_types = types is not None and self.model.accepts_token_type_ids
         tt = torch.tensor([t for x in types for t in x], dtype=torch.long).to(device) if use_types else None  # type: ignore[union-attr]
         layout = build_layout([len(x) for x in ids], device)

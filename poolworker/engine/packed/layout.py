@@ -62,20 +62,27 @@ def build_layout(lengths: list[int], device: torch.device) -> Layout:
             groups[-1].append(i)
         else:
             groups.append([i])
-    buckets = [_bucket(g, lengths, cu, device) for g in groups]
+    buckets = [_bucket(g, lengths, lens, cu, device) for g in groups]
     return Layout(cu_seqlens=cu.to(device), positions=positions.to(device), buckets=buckets, total=total)
 
 
-def _bucket(members: list[int], lengths: list[int], cu: torch.Tensor, device: torch.device) -> Bucket:
+def _bucket(members: list[int], lengths: list[int], lens: torch.Tensor, cu: torch.Tensor, device: torch.device) -> Bucket:
     width = lengths[members[0]]
     batch = len(members)
     contiguous = all(b == a + 1 for a, b in itertools.pairwise(members))
     if contiguous and all(lengths[i] == width for i in members):
         return Bucket(batch, width, None, int(cu[members[0]]), int(cu[members[-1] + 1]), None, None, None)
-    rows = torch.cat([torch.arange(int(cu[i]), int(cu[i + 1])) for i in members])
+    # A fixed number of tensor ops per bucket, whatever its size (a per-member arange was
+    # the model thread's largest Python cost on small models): token j of member b sits at
+    # packed row cu[b] + j and at padded slot b * width + j.
+    index = torch.tensor(members)
+    blens = lens[index]
+    real = int(blens.sum())
+    before = blens.cumsum(0) - blens  # real tokens of the bucket's earlier members
+    within = torch.arange(real) - torch.repeat_interleave(before, blens, output_size=real)
+    rows = torch.repeat_interleave(cu[index], blens, output_size=real) + within
+    keep = torch.repeat_interleave(torch.arange(batch) * width, blens, output_size=real) + within
     gather = torch.zeros(batch * width, dtype=torch.long)  # padded slots read row 0; they are masked
-    keep = torch.cat([torch.arange(lengths[i]) + b * width for b, i in enumerate(members)])
     gather[keep] = rows
-    blens = torch.tensor([lengths[i] for i in members])
     key_mask = (torch.arange(width)[None, :] < blens[:, None]).view(batch, 1, 1, width)
     return Bucket(batch, width, rows.to(device), 0, 0, gather.to(device), keep.to(device), key_mask.to(device))
