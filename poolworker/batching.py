@@ -181,13 +181,13 @@ class MicroBatcher:
                     for prepared in batch:
                         self.metrics.queue_wait(now - prepared.enqueued_at)
                 finished = infer(batch, self.metrics)
-            except Exception:  # noqa: BLE001 - the model thread must survive anything
+            except Exception:
                 log.exception("batch failed unexpectedly")
                 error = ErrorInfo(type="internal_error", message="the batch failed unexpectedly")
                 finished = [Finished(p, error=p.error or error) for p in batch]
             try:
                 self.handoff(finished)
-            except Exception:  # noqa: BLE001
+            except Exception:
                 log.exception("could not hand a batch to the publisher")
             finally:
                 with self._cond:

@@ -21,8 +21,22 @@ from .cache import ResultCache, cache_key, decode_value, is_null
 from .engine import Engine
 from .engine.errors import EngineError, UnsupportedTask
 from .engine.prompts import Truncation
-from .protocol import ErrorInfo, InvalidRequest, PoolingRequest, UnparseableMessage, parse_request
-from .tasks import ItemResult, ModelCall, ModelInput, Plan, item_labels, model_call, tokenize_items
+from .protocol import (
+    ErrorInfo,
+    InvalidRequest,
+    PoolingRequest,
+    UnparseableMessage,
+    parse_request,
+)
+from .tasks import (
+    ItemResult,
+    ModelCall,
+    ModelInput,
+    Plan,
+    item_labels,
+    model_call,
+    tokenize_items,
+)
 from .tasks import plan as plan_request
 from .work import DeadLetter, Prepared, Source
 
@@ -205,7 +219,7 @@ class Preparer:
             except EngineError as exc:  # fails every prompt alike (a truncation with no room left)
                 for draft in members:
                     draft.error = error_info(exc)
-            except Exception:  # noqa: BLE001 - a tokenizer failure must cost only its own request
+            except Exception:
                 log.exception("tokenization failed for a group of %d requests; retrying one by one", len(members))
                 for draft in members:
                     try:

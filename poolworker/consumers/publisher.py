@@ -94,7 +94,7 @@ class Publisher:
                     self.dead_letter(work)
                 else:
                     self.publish(work)
-            except Exception:  # noqa: BLE001 - the thread must survive; the record stays uncommitted
+            except Exception:
                 log.exception("publishing failed; the records stay uncommitted and will be replayed")
             finally:
                 with self._idle:
@@ -125,7 +125,7 @@ class Publisher:
                 body = assemble(p.request, p.plan, finished.results, model=p.model, id2label=p.labels)  # type: ignore[arg-type]
                 value = encode_message(result_message(request_id=p.request_id, task=p.task, model=p.model,
                                                       metadata=p.metadata, body=body))
-            except Exception as exc:  # noqa: BLE001 - a shaping bug (or a NaN) must still answer the request
+            except Exception as exc:
                 log.exception("could not shape the result of %s", p.request_id)
                 error = ErrorInfo(type="internal_error", message=f"could not build the result: {type(exc).__name__}")
         if error is not None:

@@ -20,7 +20,13 @@ import torch.nn.functional as F
 from poolworker import kernels
 
 from .conversion import ModelKind
-from .errors import EngineError, InputTooLong, InvalidInput, InvalidInputType, UnsupportedTask
+from .errors import (
+    EngineError,
+    InputTooLong,
+    InvalidInput,
+    InvalidInputType,
+    UnsupportedTask,
+)
 from .loading import LoadedModel, load_model
 from .outputs import (
     ClassificationOutput,
@@ -32,7 +38,14 @@ from .outputs import (
 )
 from .pooler_config import POOLING_TASKS, PoolerConfig
 from .poolers import HeadParams, Pooler
-from .prompts import Prompt, PromptTokenizer, Truncation, normalize_prompts, raise_first, resolve_truncation
+from .prompts import (
+    Prompt,
+    PromptTokenizer,
+    Truncation,
+    normalize_prompts,
+    raise_first,
+    resolve_truncation,
+)
 from .resolve import DEFAULT_MODEL
 from .runner import Runner
 

@@ -6,11 +6,30 @@ serves some from the cache and runs the rest through the engine (``engine_calls`
 """
 
 from .bodies import assemble, float32_base64
-from .engine_calls import ModelCall, ModelInput, model_call, run_call, run_plan, tokenize_items
+from .engine_calls import (
+    ModelCall,
+    ModelInput,
+    model_call,
+    run_call,
+    run_plan,
+    tokenize_items,
+)
 from .items import Item, ItemResult, Plan
 from .planning import item_labels, plan, score_pairs
 
 __all__ = [
-    "ModelCall", "Item", "ItemResult", "ModelInput", "Plan", "assemble", "model_call", "float32_base64", "item_labels",
-    "plan", "run_call", "run_plan", "score_pairs", "tokenize_items",
+    "Item",
+    "ItemResult",
+    "ModelCall",
+    "ModelInput",
+    "Plan",
+    "assemble",
+    "float32_base64",
+    "item_labels",
+    "model_call",
+    "plan",
+    "run_call",
+    "run_plan",
+    "score_pairs",
+    "tokenize_items",
 ]
