@@ -17,6 +17,18 @@ from poolworker.config import WorkerSettings
 FAST_GROUP = dict(session_timeout_ms=4000, heartbeat_interval_ms=500)
 
 
+@pytest.fixture
+def pool(tmp_path):
+    """Processes a test starts (workers, brokers, moto), all ended when it finishes."""
+    from reliability.procs import ProcessPool
+
+    p = ProcessPool(tmp_path)
+    try:
+        yield p
+    finally:
+        p.close()
+
+
 @pytest.fixture(scope="session")
 def broker():
     b = start_local_broker()

@@ -73,15 +73,6 @@ def test_processes_comes_from_env_and_file(tmp_path, monkeypatch):
 # ----------------------------------------------------------------------------------------------
 # Real processes
 # ----------------------------------------------------------------------------------------------
-@pytest.fixture
-def pool(tmp_path):
-    p = ProcessPool(tmp_path)
-    try:
-        yield p
-    finally:
-        p.close()
-
-
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory, minilm_path) -> Path:
     return tiny_bert(tmp_path_factory.mktemp("tiny-bert"), minilm_path)

@@ -1,5 +1,5 @@
-"""Fixtures for the reliability tests: every process a test starts is ended when it finishes,
-and the numbers the tests measure (duplicates, RSS, batch times) are printed at the end of the run."""
+"""Fixtures for the reliability tests (the process pool, whose processes end with each test, is
+the `pool` fixture of tests/streaming.py); the numbers the tests measure (duplicates, RSS, batch times) are printed at the end of the run."""
 
 from __future__ import annotations
 
@@ -7,18 +7,7 @@ import uuid
 
 import pytest
 
-from .procs import ProcessPool
-
 REPORT: dict[str, object] = {}
-
-
-@pytest.fixture
-def pool(tmp_path):
-    p = ProcessPool(tmp_path)
-    try:
-        yield p
-    finally:
-        p.close()
 
 
 @pytest.fixture
