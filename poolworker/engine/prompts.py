@@ -144,12 +144,6 @@ class PromptTokenizer:
                 out[i] = InvalidInput(f"{labels[i]} has no tokens after tokenization", labels[i])
         return out
 
-    def encode(self, prompts: list[Prompt], trunc: Truncation, field: str = "prompts") -> list[list[int]]:
-        """Token ids for each prompt, truncated as requested; the first bad prompt raises."""
-        out = self.encode_each(prompts, trunc, [f"{field}[{i}]" for i in range(len(prompts))])
-        raise_first(out)
-        return out  # type: ignore[return-value]
-
     def encode_pairs(self, firsts: list[str], seconds: list[str], trunc: Truncation) -> tuple[list[list[int]], list[list[int]]]:
         """Token ids and token type ids of text pairs (cross-encoder input)."""
         encoded = self._call(firsts, seconds, trunc)
