@@ -64,7 +64,7 @@ def bench_worker(engine, texts: list[str], broker, redis_url: str) -> dict:
     stop = threading.Event()
     thread = threading.Thread(target=worker.run, args=(stop,), daemon=True)
     thread.start()
-    while not (worker.loop.consumer and worker.loop.consumer.assignment()):
+    while not worker.loop.ready():
         time.sleep(0.01)
     start_ms = time.time() * 1000
     # Wait on the worker's own counter (reading the results topic meanwhile would compete for

@@ -63,12 +63,14 @@ def _setup_logging(level: str) -> None:
 
 @app.command()
 def run(
+    transport: Annotated[str | None, typer.Option(help="kafka (default), kafka-librdkafka, redis-streams or nats.")] = None,
+    transport_url: Annotated[str | None, typer.Option(help="redis://HOST:PORT/DB (redis-streams) or nats://HOST:PORT (nats).")] = None,
     bootstrap_servers: Annotated[str | None, typer.Option(help="Kafka bootstrap servers (host:port,...).")] = None,
     model: Annotated[list[str] | None, typer.Option("--model", help="NAME=PATH, or a path/bundled name; repeatable.")] = None,
     requests_topic: Annotated[str | None, typer.Option(help="Topic to consume requests from.")] = None,
     results_topic: Annotated[str | None, typer.Option(help="Topic to publish results to.")] = None,
     dlq_topic: Annotated[str | None, typer.Option(help="Topic for unparseable messages.")] = None,
-    group_id: Annotated[str | None, typer.Option(help="Kafka consumer group.")] = None,
+    group_id: Annotated[str | None, typer.Option(help="Consumer group (Kafka group, Redis Streams group, NATS durable consumer).")] = None,
     partitions: Annotated[int | None, typer.Option(help="Partitions of topics created at start.")] = None,
     redis_url: Annotated[str | None, typer.Option(help="Redis URL for the result cache, or 'none'.")] = None,
     metrics_port: Annotated[int | None, typer.Option(help="Port of /metrics, /healthz, /readyz (0: any).")] = None,
@@ -82,14 +84,15 @@ def run(
     config: Annotated[Path | None, typer.Option(help="TOML or JSON settings file.")] = None,
     log_level: Annotated[str, typer.Option(help="Logging level.")] = "INFO",
 ) -> None:
-    """Consume pooling requests from Kafka and publish results (flags > POOLWORKER_* env > --config)."""
+    """Consume pooling requests from a queue (Kafka by default) and publish results (flags > POOLWORKER_* env > --config)."""
     from .config import WorkerSettings, parse_key_values
+    from .consumers.transport import TransportUnavailable
     from .worker import serve
 
     _setup_logging(log_level)
     try:
         settings = WorkerSettings.load(
-            config, bootstrap_servers=bootstrap_servers, models=model or None, requests_topic=requests_topic,
+            config, transport=transport, transport_url=transport_url, bootstrap_servers=bootstrap_servers, models=model or None, requests_topic=requests_topic,
             results_topic=results_topic, dlq_topic=dlq_topic, group_id=group_id, partitions=partitions,
             redis_url=redis_url, metrics_port=metrics_port,
             kafka_options=parse_key_values(kafka_option, "--kafka-option") if kafka_option else None,
@@ -102,7 +105,7 @@ def run(
         from .processes import run_processes
 
         status = run_processes(settings, log_level)
-    except (ValueError, TypeError, FileNotFoundError) as exc:
+    except (ValueError, TypeError, FileNotFoundError, TransportUnavailable) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
     raise typer.Exit(status)
@@ -191,8 +194,7 @@ def _wait_until_assigned(worker, thread: threading.Thread, timeout_s: float = 60
     """The demo's clock starts once the worker owns partitions (group join takes seconds)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline and thread.is_alive():
-        consumer = worker.loop.consumer
-        if consumer is not None and consumer.assignment():
+        if worker.loop.ready():
             return
         time.sleep(0.1)
     if not thread.is_alive():
@@ -207,6 +209,8 @@ def submit(
     requests_topic: Annotated[str, typer.Option(help="Request topic.")] = "poolworker.requests",
     results_topic: Annotated[str, typer.Option(help="Result topic.")] = "poolworker.results",
     timeout_s: Annotated[float, typer.Option(help="How long to wait for all results.")] = 600.0,
+    transport: Annotated[str, typer.Option(help="kafka, kafka-librdkafka, redis-streams or nats.")] = "kafka",
+    transport_url: Annotated[str | None, typer.Option(help="redis://HOST:PORT/DB or nats://HOST:PORT (non-Kafka transports).")] = None,
 ) -> None:
     """Produce requests from a file and write their results as JSONL, in file order."""
     from .client import PoolClient
@@ -220,7 +224,11 @@ def submit(
             typer.echo(f"error: {file}:{n}: not JSON ({exc})", err=True)
             raise typer.Exit(2) from exc
     deadline = time.monotonic() + timeout_s
-    with PoolClient(bootstrap_servers, requests_topic=requests_topic, results_topic=results_topic) as client:
+    servers = bootstrap_servers if transport.startswith("kafka") else transport_url
+    if not servers:
+        typer.echo(f"error: --transport {transport} needs --transport-url", err=True)
+        raise typer.Exit(2)
+    with PoolClient(servers, requests_topic=requests_topic, results_topic=results_topic, transport=transport) as client:
         futures = [client.submit(r, key=str(r.get("request_id", n))) for n, r in enumerate(requests)]
         client.flush()
         out = output.open("w", encoding="utf-8") if output else sys.stdout

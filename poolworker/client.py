@@ -2,6 +2,7 @@
 
 Results are matched by ``request_id``. The client reads the results topic from its end at the
 time it starts (records already there are skipped by id anyway), so it needs no consumer group.
+It speaks any transport the worker does (``consumers.transport.ClientChannel``).
 """
 
 from __future__ import annotations
@@ -14,67 +15,46 @@ from collections.abc import Sequence
 from concurrent.futures import Future
 from typing import Any
 
-from kafka import KafkaConsumer, KafkaProducer
-
-from .config import options_for
-
-# How long a fetch may wait on the broker for data. Some Kafka-protocol brokers (Tansu among them)
-# answer a fetch only when this runs out, so it bounds the latency a result can sit unread.
-FETCH_MAX_WAIT_MS = 20
+from .consumers.transport import Headers, open_channel
 
 
 class PoolClient:
-    """Thread-safe; use as a context manager or call ``close()``. ``kafka_options`` go to
-    kafka-python (each client gets the keys it accepts: SASL/SSL reach both)."""
+    """Thread-safe; use as a context manager or call ``close()``.
 
-    def __init__(self, bootstrap_servers: str, *, requests_topic: str = "poolworker.requests",
-                 results_topic: str = "poolworker.results", model: str | None = None, **kafka_options: Any) -> None:
+    ``servers`` is the Kafka bootstrap list, or the URL of the queue for ``transport``
+    ``redis-streams`` (``redis://HOST:PORT/DB``) and ``nats`` (``nats://HOST:PORT``).
+    ``client_options`` go to the transport's client library (kafka-python: each client gets
+    the keys it accepts, so SASL/SSL reach both consumer and producer)."""
+
+    def __init__(self, servers: str, *, requests_topic: str = "poolworker.requests",
+                 results_topic: str = "poolworker.results", model: str | None = None, transport: str = "kafka",
+                 **client_options: Any) -> None:
         self.requests_topic = requests_topic
         self.results_topic = results_topic
         self.model = model
+        self.transport = transport
         self._pending: dict[str, Future] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        self.producer = KafkaProducer(**{"bootstrap_servers": bootstrap_servers, "acks": "all", "linger_ms": 2,
-                                         **options_for("producer", kafka_options)})
-        self.consumer = KafkaConsumer(**{"bootstrap_servers": bootstrap_servers, "group_id": None, "enable_auto_commit": False,
-                                         "enable_incremental_fetch_sessions": False, "fetch_max_wait_ms": FETCH_MAX_WAIT_MS,
-                                         **options_for("consumer", kafka_options)})
-        parts = self._partitions(results_topic)
-        self.consumer.assign(parts)
-        for tp in parts:  # pin the start now so results of requests sent from here on are never missed
-            self.consumer.position(tp)
+        self.channel = open_channel(transport, servers, results_topic=results_topic, options=client_options)
         self._thread = threading.Thread(target=self._read, name="poolclient-results", daemon=True)
         self._thread.start()
 
-    def _partitions(self, topic: str):
-        from kafka.structs import TopicPartition
-
-        ids = None
-        for _ in range(50):
-            ids = self.consumer.partitions_for_topic(topic)
-            if ids:
-                break
-            self._stop.wait(0.1)
-        if not ids:
-            raise RuntimeError(f"topic {topic!r} does not exist (is a worker running?)")
-        return [TopicPartition(topic, p) for p in sorted(ids)]
-
     def _read(self) -> None:
         while not self._stop.is_set():
-            for records in self.consumer.poll(timeout_ms=100).values():
-                for rec in records:
-                    try:
-                        message = json.loads(rec.value)
-                    except (TypeError, ValueError):
-                        continue
-                    with self._lock:
-                        future = self._pending.pop(message.get("request_id"), None)
-                    if future is not None and not future.done():
-                        future.set_result(message)
+            for value in self.channel.receive(0.1):
+                try:
+                    message = json.loads(value)
+                    request_id = message.get("request_id")
+                except (TypeError, ValueError, AttributeError):
+                    continue
+                with self._lock:
+                    future = self._pending.pop(request_id, None)
+                if future is not None and not future.done():
+                    future.set_result(message)
 
     # -- sending ------------------------------------------------------------------------------------
-    def submit(self, request: dict[str, Any], *, key: bytes | str | None = None) -> Future:
+    def submit(self, request: dict[str, Any], *, key: bytes | str | None = None, headers: Headers | None = None) -> Future:
         """Send one request (a dict in the message contract); the future resolves to its result
         message. A missing ``request_id`` is generated."""
         request = dict(request)
@@ -86,7 +66,12 @@ class PoolClient:
             self._pending[request["request_id"]] = future
         if isinstance(key, str):
             key = key.encode()
-        self.producer.send(self.requests_topic, key=key, value=json.dumps(request).encode())
+        try:
+            self.channel.send(self.requests_topic, key, json.dumps(request).encode(), list(headers or ()))
+        except BaseException:
+            with self._lock:
+                self._pending.pop(request["request_id"], None)
+            raise
         return future
 
     def request(self, request: dict[str, Any], timeout_s: float | None = 60.0, **kw) -> dict[str, Any]:
@@ -96,8 +81,15 @@ class PoolClient:
         """asyncio-friendly: await the result without blocking the event loop."""
         return await asyncio.wrap_future(self.submit(request, **kw))
 
-    def flush(self) -> None:
-        self.producer.flush()
+    def forget(self, request_id: str) -> None:
+        """Stop waiting for ``request_id`` (a caller that gave up on it)."""
+        with self._lock:
+            future = self._pending.pop(request_id, None)
+        if future is not None:
+            future.cancel()
+
+    def flush(self, timeout_s: float = 30.0) -> None:
+        self.channel.flush(timeout_s)
 
     # -- task helpers (vLLM field names; options are request fields) ------------------------------
     def embed(self, input: str | Sequence, *, timeout_s: float | None = 60.0, **options: Any) -> dict[str, Any]:
@@ -121,8 +113,7 @@ class PoolClient:
     def close(self) -> None:
         self._stop.set()
         self._thread.join(5)
-        self.producer.close(timeout=5)
-        self.consumer.close()
+        self.channel.close()
         with self._lock:
             for future in self._pending.values():
                 future.cancel()

@@ -10,7 +10,7 @@ import json
 import re
 import tomllib
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
@@ -49,6 +49,15 @@ class WorkerSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="POOLWORKER_", extra="forbid", validate_default=True)
     config_file: ClassVar[Path | None] = None
 
+    # the queue: Kafka by default (see consumers/transport.py for the others)
+    transport: Literal["kafka", "kafka-librdkafka", "redis-streams", "nats"] = "kafka"
+    transport_url: str | None = Field(None, description="redis://HOST:PORT/DB for redis-streams, nats://HOST:PORT for nats; "
+                                      "Kafka transports use bootstrap_servers")
+    redelivery_timeout_s: float = Field(60.0, gt=0, description="redis-streams/nats: a record unacknowledged this long is "
+                                        "handed to another worker (XAUTOCLAIM min-idle, JetStream ack_wait)")
+    max_deliveries: int = Field(5, ge=1, description="redis-streams/nats: a record handed out more often goes to the DLQ")
+    results_max_len: int | None = Field(None, ge=1, description="redis-streams: trim the results stream to about this many entries")
+
     # Kafka
     bootstrap_servers: str = "127.0.0.1:9092"
     requests_topic: str = "poolworker.requests"
@@ -71,6 +80,8 @@ class WorkerSettings(BaseSettings):
     dtype: str = "auto"
     trust_remote_code: bool = False
     allow_pickle: bool = False
+    io_processors: list[str] = Field(default_factory=list, description="MODEL=PLUGIN: serve the model's `plugin` task "
+                                     "through an IO processor plugin (entry point group poolworker.io_processors)")
 
     # batching and flow control
     max_batch_tokens: int | None = Field(None, ge=16, description="tokens per micro-batch and per forward pass; "
@@ -153,6 +164,7 @@ class WorkerSettings(BaseSettings):
         data["redis_url"] = redact_url(self.redis_url) if self.redis_url else None
         data["kafka_options"] = {k: ("***" if is_secret_key(k) else v) for k, v in self.kafka_options.items()}
         data["bootstrap_servers"] = redact_url(self.bootstrap_servers)
+        data["transport_url"] = redact_url(self.transport_url) if self.transport_url else None
         return data
 
 

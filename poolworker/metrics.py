@@ -52,6 +52,14 @@ class Metrics:
         self._dlq = Counter(
             "poolworker_dlq", "Records sent to the dead-letter topic, by reason.", ["reason"], registry=r,
         )
+        self._ignored_fields = Counter(
+            "poolworker_ignored_fields", "Unknown request fields ignored (vLLM ignores them too), by field name.",
+            ["field"], registry=r,
+        )
+        self._expired = Counter(
+            "poolworker_expired_requests", "Requests dropped unanswered by a model because their deadline had passed.",
+            ["model", "task"], registry=r,
+        )
         self._cache_hits = Counter("poolworker_cache_hits", "Result-cache hits.", registry=r)
         self._cache_misses = Counter("poolworker_cache_misses", "Result-cache misses.", registry=r)
         self._cache_errors = Counter(
@@ -86,7 +94,7 @@ class Metrics:
         )
         self._inflight = Gauge("poolworker_inflight_requests", "Requests accepted, not yet acked.", registry=r)
         self._paused = Gauge(
-            "poolworker_paused_partitions", "Partitions paused for backpressure.", registry=r,
+            "poolworker_paused_partitions", "1 while consuming is paused for backpressure (on Kafka every assigned partition is).", registry=r,
         )
         self._cache_up = Gauge("poolworker_cache_up", "1 when the result cache is reachable.", registry=r)
         # Info appends ``_info``: exposed as ``poolworker_build_info{...} 1``.
@@ -109,6 +117,14 @@ class Metrics:
 
     def dlq(self, reason: str) -> None:
         self._dlq.labels(reason).inc()
+
+    def ignored_field(self, name: str) -> None:
+        """An unknown field a request carried (answered with a warning naming it)."""
+        self._ignored_fields.labels(name[:64]).inc()
+
+    def expired(self, model: str, task: str) -> None:
+        """A request whose deadline passed before its forward pass (answered ``expired``)."""
+        self._expired.labels(model, task).inc()
 
     # -- cache (CacheMetrics protocol) -----------------------------------------------------
     def hit(self, n: int) -> None:

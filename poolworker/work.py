@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .protocol import ErrorInfo, PoolingRequest
@@ -21,7 +21,12 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True, slots=True)
 class Source:
-    """Where a record came from (for ordering, commits, the DLQ and latency)."""
+    """Where a record came from (for ordering, acknowledgement, the DLQ and latency).
+
+    ``topic``/``partition``/``offset`` are the transport's coordinates (see
+    ``consumers.transport``); ``handle`` is the transport's own acknowledgement token (a Redis
+    entry id, a NATS message; None on Kafka), ``deliveries`` how often the queue has handed
+    this record out (1 where the queue does not count)."""
 
     topic: str
     partition: int
@@ -29,10 +34,13 @@ class Source:
     key: bytes | None
     timestamp_ms: int | None
     headers: tuple[tuple[str, bytes], ...] = ()
+    handle: Any = field(default=None, compare=False, repr=False)
+    deliveries: int = 1
 
     @property
     def label(self) -> str:
-        return f"{self.topic}/{self.partition}@{self.offset}"
+        where = self.handle if isinstance(self.handle, str) else self.offset
+        return f"{self.topic}/{self.partition}@{where}"
 
 
 @dataclass(frozen=True, slots=True)

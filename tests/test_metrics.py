@@ -148,7 +148,7 @@ def test_gauges_and_info(metrics: Metrics, port: int) -> None:
     metrics.lag("requests", 1, 7)
     metrics.lag("requests", 1, 9)  # a gauge: the latest value wins
     metrics.inflight(12)
-    metrics.paused(2)
+    metrics.paused(1)
     metrics.cache_up(True)
     metrics.info(version="0.1.0", models="minilm,bge")
 
@@ -156,7 +156,7 @@ def test_gauges_and_info(metrics: Metrics, port: int) -> None:
     assert value(s, "poolworker_consumer_lag", topic="requests", partition="0") == 42
     assert value(s, "poolworker_consumer_lag", topic="requests", partition="1") == 9
     assert value(s, "poolworker_inflight_requests") == 12
-    assert value(s, "poolworker_paused_partitions") == 2
+    assert value(s, "poolworker_paused_partitions") == 1
     assert value(s, "poolworker_cache_up") == 1
     assert value(s, "poolworker_build_info", version="0.1.0", models="minilm,bge") == 1
 

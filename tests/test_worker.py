@@ -173,7 +173,7 @@ def test_two_workers_share_the_group(broker, engines):
     try:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:  # both members joined and own partitions
-            owned = [len(w.worker.loop.consumer.assignment()) if w.worker.loop.consumer else 0 for w in (a, b)]
+            owned = [len(w.worker.loop.transport.consumer.assignment()) if w.worker.loop.transport.consumer else 0 for w in (a, b)]
             if all(owned) and sum(owned) == 4:
                 break
             time.sleep(0.2)
@@ -267,7 +267,7 @@ def test_client_passes_each_kafka_option_to_the_client_that_takes_it(broker, eng
         # fetch_max_wait_ms is consumer-only and linger_ms producer-only: neither may break the other
         with PoolClient(broker.bootstrap_servers, requests_topic=settings.requests_topic,
                         results_topic=settings.results_topic, fetch_max_wait_ms=10, linger_ms=1) as c:
-            assert c.consumer.config["fetch_max_wait_ms"] == 10 and c.producer.config["linger_ms"] == 1
+            assert c.channel.consumer.config["fetch_max_wait_ms"] == 10 and c.channel.producer.config["linger_ms"] == 1
             assert c.embed("options reach the right client", model="minilm")["error"] is None
     finally:
         running.stop()

@@ -1,9 +1,10 @@
 """The publish stage: its own thread turns ``Finished`` requests into result records and dead
-letters into DLQ records, and marks each record finished once the broker acked it.
+letters into DLQ records, and tells the transport a record is finished once the queue acked its
+answer.
 
 Results keep the request's key and carry headers ``status`` (ok|error), ``request_id``,
 ``task`` and ``model``. Only an acked send finishes a record, so a commit never covers a result
-the broker does not have. Body shaping, serialization, the cache SET and ``producer.send`` all
+the queue does not have. Body shaping, serialization, the cache SET and ``producer.send`` all
 happen here, never on the model thread; batches are published in the order the model thread
 handed them over, which keeps per-partition order.
 """
@@ -16,15 +17,12 @@ import threading
 import time
 from collections.abc import Callable
 
-from kafka.errors import KafkaError, MessageSizeTooLargeError
-from kafka.structs import TopicPartition
-
 from ..cache import ResultCache, encode_value, is_null
 from ..metrics import Metrics
 from ..protocol import ErrorInfo, encode_message, result_message
 from ..tasks import assemble
 from ..work import DeadLetter, Finished, Prepared
-from .offsets import OffsetTracker
+from .transport import RecordTooLarge, Transport
 
 log = logging.getLogger(__name__)
 RETRY_DELAY_S = 1.0
@@ -37,9 +35,8 @@ class Publisher:
     """``submit``/``submit_dead_letter`` queue work for the publisher thread (``start``);
     ``publish``/``dead_letter`` do that work synchronously (the thread's body, and tests')."""
 
-    def __init__(self, producer, tracker: OffsetTracker, cache: ResultCache, metrics: Metrics, *, dlq_topic: str) -> None:
-        self.producer = producer
-        self.tracker = tracker
+    def __init__(self, transport: Transport, cache: ResultCache, metrics: Metrics, *, dlq_topic: str) -> None:
+        self.transport = transport
         self.cache = cache
         self.caching = not is_null(cache)
         self.metrics = metrics
@@ -140,7 +137,7 @@ class Publisher:
         headers += [(k, v.encode()) for k, v in (("task", p.task), ("model", p.model)) if isinstance(v, str)]
 
         def acked() -> None:
-            self._finished(p.source.topic, p.source.partition, p.source.offset)
+            self.transport.finish(p.source)
             model, task = p.model or "unknown", p.task or "unknown"
             self.metrics.request(model, task, status)
             if error is None:
@@ -151,7 +148,7 @@ class Publisher:
 
         try:
             self._send(p.reply_topic, p.source.key, value, headers, acked)
-        except MessageSizeTooLargeError:
+        except RecordTooLarge:
             if error is not None and error.type == "result_too_large":
                 # Not even the bare error fits (an oversized key): the DLQ says where the request is.
                 self.dead_letter(DeadLetter(p.source, None, f"result_too_large: even the error result is {len(value)} bytes"))
@@ -177,7 +174,7 @@ class Publisher:
         ]
 
         def acked() -> None:
-            self._finished(src.topic, src.partition, src.offset)
+            self.transport.finish(src)
             self.metrics.dlq(letter.reason.split(":", 1)[0][:40])
             self.metrics.request("unknown", "unknown", "dlq")
 
@@ -186,7 +183,7 @@ class Publisher:
             value = b""  # a record with neither key nor value (another client's tombstone): the producer refuses None/None
         try:
             self._send(self.dlq_topic, key, value, headers, acked)
-        except MessageSizeTooLargeError:
+        except RecordTooLarge:
             # Larger than our producer may send (the request limit is max_request_bytes, the producer's
             # max_request_size is usually smaller): keep prefixes and the original sizes; the source
             # coordinates in the headers still lead to the full record while the topic retains it.
@@ -200,23 +197,15 @@ class Publisher:
                        value if value is None else value[:DLQ_VALUE_PREFIX_BYTES], cut, acked)
 
     # -- sending -----------------------------------------------------------------------------------
-    def _finished(self, topic: str, partition: int, offset: int) -> None:
-        self.tracker.done(TopicPartition(topic, partition), offset)
-
     def _send(self, topic: str, key: bytes | None, value: bytes | None, headers: list, acked: Callable[[], None]) -> None:
-        try:
-            future = self.producer.send(topic, key=key, value=value, headers=headers)
-        except MessageSizeTooLargeError:
-            raise  # permanent: the caller sends something smaller instead
-        except KafkaError as exc:  # e.g. no metadata within max_block_ms: retried like a failed ack, never raised
-            self._retry(exc, topic, key, value, headers, acked)
-            return
-        future.add_callback(lambda _meta: acked())
-        future.add_errback(lambda exc: self._retry(exc, topic, key, value, headers, acked))
+        """Hand one record to the transport; ``RecordTooLarge`` propagates (the caller sends
+        something smaller), every other failure is retried."""
+        self.transport.produce(topic, key, value, headers, acked,
+                               lambda exc: self._retry(exc, topic, key, value, headers, acked))
 
     def _retry(self, exc: Exception, topic: str, key, value, headers, acked) -> None:
-        """Sends failing after the producer's own retries are tried again until shutdown: the
-        record stays uncommitted meanwhile, so nothing is lost even if we never succeed."""
+        """Sends failing after the client's own retries are tried again until shutdown: the
+        record stays unacknowledged meanwhile, so nothing is lost even if we never succeed."""
         if self._closed.is_set():
             log.error("dropping a send to %s at shutdown (%s); the request stays uncommitted and will be replayed", topic, exc)
             return
@@ -225,8 +214,8 @@ class Publisher:
         def again() -> None:
             try:
                 self._send(topic, key, value, headers, acked)
-            except KafkaError as err:
-                self._retry(err, topic, key, value, headers, acked)
+            except RecordTooLarge as err:  # it fitted before: a changed limit; keep it unacknowledged
+                log.error("send to %s refused as too large on retry (%s); the request will be replayed", topic, err)
 
         timer = threading.Timer(RETRY_DELAY_S, again)
         timer.daemon = True

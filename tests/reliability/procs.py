@@ -289,6 +289,17 @@ def start_moto(pool: ProcessPool) -> tuple[str, dict[str, str]]:
     return url, env
 
 
+def kafka_transport_over(producer):
+    """The kafka-python transport with ``producer`` in place of a real KafkaProducer (for
+    publisher tests without a broker); its offset tracker is ``transport.tracker``."""
+    from poolworker.config import WorkerSettings
+    from poolworker.consumers.kafka_python import KafkaPythonTransport
+
+    transport = KafkaPythonTransport(WorkerSettings(), on_revoked=lambda _parts: None)
+    transport.producer = producer
+    return transport
+
+
 class AckedAtOnce:
     """A kafka-python send future the broker acknowledged at once (for publisher unit tests)."""
 

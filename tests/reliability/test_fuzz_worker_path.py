@@ -14,14 +14,13 @@ from kafka.structs import TopicPartition
 
 from poolworker.batching import infer
 from poolworker.cache import make_cache
-from poolworker.consumers.offsets import OffsetTracker
 from poolworker.consumers.publisher import Publisher
 from poolworker.metrics import Metrics
 from poolworker.prepare import Preparer
 from poolworker.protocol import TASKS
 from poolworker.work import DeadLetter, Source
 
-from .procs import AckedAtOnce
+from .procs import AckedAtOnce, kafka_transport_over
 
 FIELDS = ["request_id", "task", "model", "input", "text_1", "text_2", "queries", "documents", "query", "pooling_task",
           "dimensions", "truncate_prompt_tokens", "truncation_side", "use_activation", "encoding_format", "top_n",
@@ -63,8 +62,10 @@ def _serialise(b: object, cut: int | None) -> bytes:
 @given(bodies=st.lists(st.tuples(body, st.none() | st.integers(min_value=0, max_value=120)), min_size=1, max_size=4))
 def test_fuzz_records_through_the_worker_path(minilm_engine, bodies):
     preparer = _preparer(minilm_engine)
-    tracker, producer = OffsetTracker(), _Producer()
-    publisher = Publisher(producer, tracker, make_cache(None), Metrics(), dlq_topic="dlq")
+    producer = _Producer()
+    transport = kafka_transport_over(producer)
+    tracker = transport.tracker
+    publisher = Publisher(transport, make_cache(None), Metrics(), dlq_topic="dlq")
     records = [(Source("req", 0, i, f"k{i}".encode(), None), _serialise(b, cut)) for i, (b, cut) in enumerate(bodies)]
     for source, _ in records:
         tracker.add(TopicPartition("req", 0), source.offset)

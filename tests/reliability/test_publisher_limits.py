@@ -8,7 +8,6 @@ from kafka.errors import MessageSizeTooLargeError
 from kafka.structs import TopicPartition
 
 from poolworker.cache import make_cache
-from poolworker.consumers.offsets import OffsetTracker
 from poolworker.consumers.publisher import (
     DLQ_KEY_PREFIX_BYTES,
     DLQ_VALUE_PREFIX_BYTES,
@@ -18,7 +17,7 @@ from poolworker.metrics import Metrics
 from poolworker.protocol import ErrorInfo
 from poolworker.work import DeadLetter, Finished, Prepared, Source
 
-from .procs import AckedAtOnce
+from .procs import AckedAtOnce, kafka_transport_over
 
 LIMIT = 1024 * 1024
 
@@ -40,10 +39,11 @@ class _Producer:
 
 
 def _setup(*offsets: int):
-    tracker, producer = OffsetTracker(), _Producer()
+    producer = _Producer()
+    transport = kafka_transport_over(producer)
     for offset in offsets:
-        tracker.add(TopicPartition("req", 0), offset)
-    return tracker, producer, Publisher(producer, tracker, make_cache(None), Metrics(), dlq_topic="dlq")
+        transport.tracker.add(TopicPartition("req", 0), offset)
+    return transport.tracker, producer, Publisher(transport, make_cache(None), Metrics(), dlq_topic="dlq")
 
 
 def test_dead_letters_too_large_or_empty_are_still_sent():

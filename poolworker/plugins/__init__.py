@@ -1,0 +1,1 @@
+"""IO processor plugins: custom request parsing and response shaping around a pooling model."""
