@@ -48,6 +48,7 @@ class Family:
             "embed": self.base_class or f"{self.prefix}Model",
             "classify": f"{self.prefix}ForSequenceClassification",
             "token_classify": f"{self.prefix}ForTokenClassification",
+            "causal_lm": f"{self.prefix}ForCausalLM",
         }
         return getattr(transformers, names[task])
 
@@ -88,13 +89,33 @@ FAMILIES: dict[str, Family] = {f.name: f for f in [
 ]}
 
 
+def word_tokenizer(words: tuple[str, ...]):
+    """``builders.byte_level_tokenizer`` plus merges that make each of ``words`` one token (the
+    "no" / "yes" a reranker's score is read from), built letter by letter."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {sym: i for i, sym in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
+    merges = []
+    for word in words:
+        for end in range(2, len(word) + 1):
+            merges.append((word[: end - 1], word[end - 1]))
+            vocab.setdefault(word[:end], len(vocab))
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens([builders.EOS_TOKEN])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=builders.EOS_TOKEN, pad_token=builders.EOS_TOKEN,
+                                   padding_side="left", model_max_length=512)
+
+
 def _config(family: Family, task: str, tokenizer) -> transformers.PretrainedConfig:
     cls = getattr(transformers, family.config_class or f"{family.prefix}Config")
     extra: dict = {}
     if family.is_decoder:
         pad = tokenizer.convert_tokens_to_ids(builders.EOS_TOKEN)
         extra = {"vocab_size": len(tokenizer), "pad_token_id": pad, "eos_token_id": pad, "bos_token_id": pad}
-    if task != "embed":
+    if task not in ("embed", "causal_lm"):
         labels = LABELS if task == "classify" else {i: f"tag_{i}" for i in range(NUM_LABELS)}
         extra.update(num_labels=NUM_LABELS, id2label=labels, label2id={v: k for k, v in labels.items()})
     return cls(**family.config, **extra)
@@ -107,12 +128,16 @@ def _perturb(model: torch.nn.Module, seed: int) -> None:
         p.add_(torch.randn(p.shape, generator=gen) * NOISE_STD)
 
 
-def build(family: Family, task: str, out: Path, seed: int = 7) -> Path:
+def build(family: Family, task: str, out: Path, seed: int = 7, tokenizer=None, **config_changes) -> Path:
     """``family``'s ``task`` model (embed: the backbone; classify / token_classify: the head
-    model) saved with its tokenizer into ``out``."""
+    model; causal_lm: the generative model) saved with its tokenizer into ``out``. Decoders take
+    ``tokenizer`` when given, else the byte-level one; ``config_changes`` go into the config."""
     out.mkdir(parents=True, exist_ok=True)
-    tokenizer = builders.byte_level_tokenizer("left") if family.is_decoder else None
+    if family.is_decoder and tokenizer is None:
+        tokenizer = builders.byte_level_tokenizer("left")
     config = _config(family, task, tokenizer)
+    for key, value in config_changes.items():
+        setattr(config, key, value)
     torch.manual_seed(seed)
     model_cls = family.cls(task)
     model = model_cls(config).eval()

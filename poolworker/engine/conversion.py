@@ -37,7 +37,8 @@ def kind_from_architecture(architecture: str, convert: str | None) -> ModelKind:
     if architecture.endswith(_GENERATIVE_SUFFIXES):
         raise ValueError(
             f"{architecture} is a generative model; pass convert='embed' to serve its hidden states "
-            f"as embeddings (LAST pooling + normalize)"
+            f"as embeddings (LAST pooling + normalize), or, for a reranker scored from its LM head (Qwen3-Reranker), "
+            f"hf_overrides with architectures [...ForSequenceClassification] and classifier_from_token"
         )
     if architecture.endswith(_EMBED_SUFFIXES):
         return ModelKind.EMBED

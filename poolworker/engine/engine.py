@@ -48,6 +48,7 @@ from .prompts import (
 )
 from .resolve import DEFAULT_MODEL
 from .runner import Runner
+from .score_template import ScoreTemplate, resolve_score_template
 
 _KIND_REASONS = {
     ModelKind.EMBED: "an embedding model (its hidden states are pooled into vectors)",
@@ -65,8 +66,12 @@ class Engine:
 
     Args mirror vLLM's ``LLM``: ``task`` picks the default pooling task, ``convert`` overrides
     the architecture-derived conversion (``embed``/``classify``), ``pooler_config`` overrides
-    pooling. Weights load from safetensors only unless ``allow_pickle=True``; remote code runs
-    only with ``trust_remote_code=True``.
+    pooling, ``hf_overrides`` replaces config.json values (vLLM's option, e.g. to serve the
+    original Qwen3-Reranker from its LM head: ``overrides.py``). ``score_template`` (Jinja text or
+    a file) turns a (query, document) pair into the one prompt a cross-encoder reads; models with
+    ``is_original_qwen3_reranker`` default to the Qwen3-Reranker prompt. Weights load from
+    safetensors only unless ``allow_pickle=True``; remote code runs only with
+    ``trust_remote_code=True``.
     """
 
     def __init__(
@@ -82,6 +87,8 @@ class Engine:
         trust_remote_code: bool = False,
         allow_pickle: bool = False,
         max_batch_tokens: int | None = None,
+        hf_overrides: dict | str | None = None,
+        score_template: str | None = None,
     ) -> None:
         if isinstance(pooler_config, dict):
             pooler_config = PoolerConfig(**pooler_config)
@@ -95,7 +102,9 @@ class Engine:
             max_model_len=max_model_len,
             trust_remote_code=trust_remote_code,
             allow_pickle=allow_pickle,
+            hf_overrides=hf_overrides,
         )
+        self.score_template: ScoreTemplate | None = resolve_score_template(score_template, self.model.config)
         self.pooler = Pooler(self.model, self.pooler_config)
         self.runner = Runner(self.model, max_batch_tokens=max_batch_tokens)
         self.tokenizer = PromptTokenizer(self.model.tokenizer, vocab_size=self.model.vocab_size, lowercase=self.model.st.do_lower_case)
@@ -170,6 +179,7 @@ class Engine:
             "forward_path": m.forward_path,
             "head_path": m.head_path.value,
             "head": m.head_description,
+            "score_template": self.score_template.name if self.score_template is not None else None,
             "device": str(m.device),
             "dtype": str(m.dtype).removeprefix("torch."),
             "fingerprint": m.fingerprint,
@@ -238,13 +248,23 @@ class Engine:
 
     def tokenize_pairs_each(self, firsts: Sequence[str], seconds: Sequence[str], labels: Sequence[str], *,
                             truncation: Truncation) -> list[tuple[list[int], list[int]] | EngineError]:
-        """Cross-encoder input: (token ids, token type ids) of each text pair, or its typed error."""
+        """Cross-encoder input: (token ids, token type ids) of each text pair, or its typed error.
+        With a score template each pair is rendered into one prompt first."""
+        if self.score_template is not None:
+            return self._tokenize_templated(firsts, seconds, labels, truncation)
         ids, types = self.tokenizer.encode_pairs(list(firsts), list(seconds), truncation)
         out: list[tuple[list[int], list[int]] | EngineError] = []
         for x, t, where in zip(ids, types, labels):
             checked = self._checked_length(x, "classify", where)
             out.append(checked if isinstance(checked, EngineError) else (x, t))
         return out
+
+    def _tokenize_templated(self, firsts: Sequence[str], seconds: Sequence[str], labels: Sequence[str],
+                            truncation: Truncation) -> list[tuple[list[int], list[int]] | EngineError]:
+        template: ScoreTemplate = self.score_template  # type: ignore[assignment]
+        texts = [template.render(q, d) for q, d in zip(firsts, seconds)]
+        encoded = self.tokenize_each(texts, labels, pooling_task="classify", truncation=truncation)
+        return [x if isinstance(x, EngineError) else (x, [0] * len(x)) for x in encoded]
 
     def _tokenize(self, prompts: object, task: str, trunc: Truncation, field: str = "prompts") -> list[list[int]]:
         listed = normalize_prompts(prompts, field)

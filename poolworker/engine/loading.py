@@ -19,6 +19,7 @@ from torch import nn
 from transformers import (
     AutoConfig,
     AutoModel,
+    AutoModelForCausalLM,
     AutoModelForMaskedLM,
     AutoTokenizer,
     PretrainedConfig,
@@ -30,11 +31,13 @@ from transformers.models.auto.modeling_auto import (
 
 from .conversion import (
     ModelKind,
+    UnsupportedArchitectureError,
     check_supported,
     is_classifier_architecture,
     is_token_classifier,
     kind_from_architecture,
 )
+from .from_token import FROM_TOKEN_FAMILIES, lm_head_classifier
 from .heads import (
     TRANSFORMERS_HEAD_FAMILIES,
     ClassifierHeads,
@@ -43,6 +46,12 @@ from .heads import (
     masked_lm_head,
     pooled_row_heads,
     transformers_heads,
+)
+from .overrides import (
+    TokenClassifierSpec,
+    apply_hf_overrides,
+    parse_hf_overrides,
+    token_classifier_spec,
 )
 from .packed import FORWARD_ENV, build_packed, forced_generic, packed_support
 from .resolve import resolve_model_path
@@ -217,8 +226,11 @@ def load_model(
     max_model_len: int | None = None,
     trust_remote_code: bool = False,
     allow_pickle: bool = False,
+    hf_overrides: dict | str | None = None,
 ) -> LoadedModel:
-    """Resolve ``model`` offline and load everything needed to pool with it."""
+    """Resolve ``model`` offline and load everything needed to pool with it. ``hf_overrides``
+    replaces config.json values first (vLLM's option; ``overrides.py`` says which keys)."""
+    overrides = parse_hf_overrides(hf_overrides)
     path = resolve_model_path(model)
     try:
         config = AutoConfig.from_pretrained(str(path), trust_remote_code=trust_remote_code)
@@ -226,11 +238,15 @@ def load_model(
         if "trust_remote_code" in str(exc):
             raise ValueError(f"{path}: this model needs its own code; pass trust_remote_code=True only if you trust it") from exc
         raise
+    apply_hf_overrides(config, overrides)
     architecture = _architecture(config)
     kind = kind_from_architecture(architecture, convert)
     model_type = str(getattr(config, "model_type", ""))
     own_code = _own_code(config, trust_remote_code)
-    if not own_code:
+    from_token = token_classifier_spec(config)
+    if from_token is not None:
+        _check_from_token(architecture, model_type, kind, own_code)
+    elif not own_code:
         check_supported(architecture, model_type, kind, token_classifier=is_token_classifier(architecture))
     use_safetensors = require_loadable(path, allow_pickle=allow_pickle)
     st = read_st_modules(path)
@@ -240,10 +256,18 @@ def load_model(
     mlm_head: nn.Module | None = None
     load = {"use_safetensors": use_safetensors, "trust_remote_code": trust_remote_code}
     head_description = "hidden states → pooler (method × Dense / Matryoshka / normalize)"
-    if kind is ModelKind.CLASSIFY:
+    if from_token is not None:
+        backbone, heads, keep = _from_token_classifier(path, config, tokenizer, from_token, load)
+        head_description = heads.description
+    elif kind is ModelKind.CLASSIFY:
         cls = _model_class(architecture, trust_remote_code)
         if not is_classifier_architecture(architecture):
-            raise ValueError(f"convert='classify' needs a checkpoint with a classification head; {architecture} has none")
+            raise ValueError(
+                f"convert='classify' needs a checkpoint with a classification head; {architecture} has none. A generative "
+                f"reranker is served with hf_overrides naming the tokens its score is read from, e.g. "
+                f'{{"architectures": ["Qwen3ForSequenceClassification"], "classifier_from_token": ["no", "yes"], '
+                f'"is_original_qwen3_reranker": true}}'
+            )
         full = _load_module(cls, path, **load)
         token_cls = is_token_classifier(architecture)
         if own_code or model_type in TRANSFORMERS_HEAD_FAMILIES:
@@ -301,6 +325,35 @@ def load_model(
         head_path=heads.path if heads is not None else HeadPath.POOLED_ROWS,
         head_description=head_description,
     )
+
+
+def _check_from_token(architecture: str, model_type: str, kind: ModelKind, own_code: bool) -> None:
+    """An LM-head classifier is served only for the proven decoder families, converted to a
+    sequence classifier (the override's ``architectures``), and never with remote code."""
+    if own_code:
+        raise ValueError("classifier_from_token with trust_remote_code is not supported: the LM head of remote code is not proven")
+    if kind is not ModelKind.CLASSIFY or is_token_classifier(architecture):
+        raise ValueError(
+            f"classifier_from_token makes a sequence classifier: set hf_overrides 'architectures' to a "
+            f"*ForSequenceClassification name (got {architecture})"
+        )
+    if model_type not in FROM_TOKEN_FAMILIES:
+        raise UnsupportedArchitectureError(architecture, model_type, kind, sorted(FROM_TOKEN_FAMILIES))
+
+
+def _from_token_classifier(path: Path, config: PretrainedConfig, tokenizer, spec: TokenClassifierSpec,
+                           load: dict) -> tuple[nn.Module, ClassifierHeads, nn.Module]:
+    """Backbone, heads and the modules to keep for a ``*ForCausalLM`` checkpoint scored from its
+    LM head's rows (``from_token.py``). The LM head itself is dropped after its rows are read."""
+    causal = _load_module(AutoModelForCausalLM, path, **load)
+    linear = lm_head_classifier(causal, tokenizer, spec)
+    config.num_labels = spec.num_labels
+    if spec.num_labels > 1:
+        config.id2label = dict(enumerate(spec.tokens))
+        config.label2id = {t: i for i, t in enumerate(spec.tokens)}
+    heads = ClassifierHeads(linear, linear, "LAST", HeadPath.POOLED_ROWS, spec.describe())
+    backbone = causal.base_model
+    return backbone, heads, nn.ModuleList([backbone, linear])
 
 
 def _packed_backbone(config: PretrainedConfig, backbone: nn.Module) -> tuple[nn.Module | None, str]:
