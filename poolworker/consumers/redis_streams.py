@@ -1,0 +1,533 @@
+"""The ``redis-streams`` transport: requests and results as Redis Streams, through redis-py.
+
+Layout of an entry (requests, results, dead letters, reply streams alike): the field ``value``
+holds the body, ``key`` the key, every other field is a header (bytes). An entry without a
+``value`` field is the Redis form of a tombstone (it is dead-lettered like a Kafka one).
+
+How delivery works, and why:
+
+- The workers share one consumer group (``group_id``, created at id 0 with MKSTREAM, so entries
+  written before the first worker started are served); each worker is its own consumer
+  (``host-pid-random``), so a restarted process never mistakes a dead one's entries for its own.
+- New entries come from ``XREADGROUP ... >``. A request is XACKed only after the entry
+  answering it (result or dead letter) was written: ``produce`` runs XADD on the publisher's
+  thread and calls ``on_acked`` once it returned, the publisher then calls ``finish``, and the
+  next ``commit`` (every 0.5 s) XACKs everything finished in one call.
+- A dead worker's entries stay pending in the group. Every worker runs ``XAUTOCLAIM`` for
+  entries idle longer than ``redelivery_timeout_s`` and serves them, with their delivery count
+  (from XPENDING: each claim counts one) in ``Source.deliveries``, so the receive loop sends an
+  entry handed out more than ``max_deliveries`` times to the DLQ stream.
+- A live worker keeps its own in-flight entries from looking dead: ``commit`` re-claims them to
+  itself with ``XCLAIM ... JUSTID`` (which resets their idle time without counting a delivery)
+  every third of ``redelivery_timeout_s``, so a slow batch is not taken over and done twice.
+- Redis unreachable: ``poll`` logs, backs off (0.1 s doubling to 2 s) and returns nothing;
+  ``produce`` reports ``on_failed`` (the publisher retries every second); ``commit`` keeps its
+  XACKs for the next call. Nothing is acknowledged that was not answered, so nothing is lost;
+  after a reconnect the worker first takes back its own pending entries that it is not working
+  on (XPENDING for this consumer, then XCLAIM: an entry the server handed out in a reply that
+  never arrived). The price is duplicates: an
+  XADD whose reply was lost is retried, and an entry answered but not yet XACKed when a worker
+  dies is answered again by the worker that claims it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import secrets
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+from urllib.parse import urlsplit
+
+import redis
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError, ResponseError
+from redis.retry import Retry
+
+from ..cache import redact_url
+from ..config import WorkerSettings
+from ..work import Source
+from .transport import Headers, OnRevoked, Record, RecordTooLarge, TransportUnavailable
+
+log = logging.getLogger(__name__)
+
+#: The largest entry (value + key + headers) the transport writes; a larger one is refused with
+#: ``RecordTooLarge`` (the publisher then sends a smaller error result or DLQ prefix). Redis
+#: itself takes up to ``proto-max-bulk-len`` (512 MB) per field, but every entry lives in the
+#: server's memory until trimmed. A setting would be better (see docs/transports/redis-streams.md).
+MAX_ENTRY_BYTES = 16 * 1024 * 1024
+SCHEMES = ("redis", "rediss", "unix")
+MIN_SERVER_VERSION = (6, 2)  # XAUTOCLAIM; XINFO GROUPS reports `lag` from 7.0 on
+SOCKET_TIMEOUT_S = 10.0  # must exceed the longest BLOCK (a poll's timeout)
+CONNECT_TIMEOUT_S = 5.0
+BACKOFF_FIRST_S = 0.1
+BACKOFF_MAX_S = 2.0
+CLAIM_INTERVAL_MAX_S = 5.0  # XAUTOCLAIM at least this often (more often for short redelivery timeouts)
+RESERVED_FIELDS = (b"value", b"key")
+#: Commands whose replies are read here as the server sent them (RESP2): redis-py's parsers turn
+#: an entry's fields into a dict, which would drop duplicate header names and their order.
+RAW_REPLIES = ("XREAD", "XREADGROUP", "XAUTOCLAIM", "XCLAIM")
+
+
+# ------------------------------------------------------------------------------------------------
+# Connection and entry layout (shared by the worker's transport and the client's channel)
+# ------------------------------------------------------------------------------------------------
+def connect(url: str | None, options: Mapping[str, Any] | None = None) -> redis.Redis:
+    """A redis-py client for ``url`` that answered PING; ``TransportUnavailable`` (with the fix)
+    when the URL is missing or malformed or the server cannot be used. The password is never
+    part of a message.
+
+    The client speaks RESP2 (the raw stream replies are parsed here) and retries a command once
+    on a fresh connection (a pooled connection that died with a server restart), no more: the
+    transport does its own backoff, so a down server is reported at once instead of stalling."""
+    if not url:
+        raise TransportUnavailable("the redis-streams transport needs --transport-url redis://HOST:PORT/DB "
+                                   "(or rediss:// for TLS, redis://:PASSWORD@HOST:PORT/DB with a password)")
+    scheme = urlsplit(url).scheme
+    if scheme not in SCHEMES:
+        raise TransportUnavailable(f"--transport-url {redact_url(url)}: expected a redis://, rediss:// or unix:// URL")
+    kwargs: dict[str, Any] = {"socket_timeout": SOCKET_TIMEOUT_S, "socket_connect_timeout": CONNECT_TIMEOUT_S,
+                              "health_check_interval": 30, **dict(options or {})}
+    kwargs.update(protocol=2, decode_responses=False, retry=Retry(NoBackoff(), 1))
+    try:
+        client = redis.Redis.from_url(url, **kwargs)
+    except (ValueError, TypeError) as exc:
+        raise TransportUnavailable(f"--transport-url {redact_url(url)} is not usable: {exc}") from exc
+    try:
+        info = client.info("server")
+    except redis.AuthenticationError as exc:
+        client.close()
+        raise TransportUnavailable(f"Redis at {redact_url(url)} refused the credentials ({exc}); "
+                                   "check the user and password in --transport-url") from exc
+    except RedisError as exc:
+        client.close()
+        raise TransportUnavailable(f"cannot reach Redis at {redact_url(url)}: {exc}; is redis-server running "
+                                   "there (and is it TLS, rediss://, or not)?") from exc
+    for command in RAW_REPLIES:
+        client.set_response_callback(command, _raw_reply)
+    version = tuple(int(p) for p in str(info.get("redis_version", "0.0")).split(".")[:2] if p.isdigit())
+    if version < MIN_SERVER_VERSION:
+        client.close()
+        raise TransportUnavailable(f"Redis at {redact_url(url)} is version {info.get('redis_version')}; the "
+                                   f"redis-streams transport needs {'.'.join(map(str, MIN_SERVER_VERSION))} or later (XAUTOCLAIM)")
+    return client
+
+
+def _raw_reply(response, **_options):
+    return response
+
+
+def entry_fields(key: bytes | None, value: bytes | None, headers: Iterable[tuple[str, bytes]]) -> list[bytes]:
+    """The flat field/value list of an entry: ``value``, ``key`` (each only when present), then
+    the headers in order (duplicate names kept). Headers named ``value`` or ``key`` would read
+    back as the body or key, so they are left out, with a warning."""
+    fields: list[bytes] = []
+    if value is not None:
+        fields += [b"value", value]
+    if key is not None:
+        fields += [b"key", key]
+    for name, raw in headers:
+        encoded = name.encode("utf-8", "surrogateescape")
+        if encoded in RESERVED_FIELDS:
+            log.warning("header %r left out of a stream entry: the name is the entry's own %s field", name, name)
+            continue
+        fields += [encoded, raw if raw is not None else b""]
+    if not fields:
+        fields = [b"value", b""]  # an entry needs a field: nothing at all becomes an empty body
+    return fields
+
+
+def parse_entry(fields: list[bytes]) -> tuple[bytes | None, bytes | None, tuple[tuple[str, bytes], ...]]:
+    """``(key, value, headers)`` of an entry's flat field list (the inverse of ``entry_fields``;
+    header names decode with surrogateescape, so any bytes come back unchanged)."""
+    key = value = None
+    headers = []
+    for i in range(0, len(fields) - 1, 2):
+        name, raw = fields[i], fields[i + 1]
+        if name == b"value" and value is None:
+            value = raw
+        elif name == b"key" and key is None:
+            key = raw
+        else:
+            headers.append((name.decode("utf-8", "surrogateescape"), raw))
+    return key, value, tuple(headers)
+
+
+def entry_size(key: bytes | None, value: bytes | None, headers: Headers) -> int:
+    return len(value or b"") + len(key or b"") + sum(len(n) + len(v or b"") for n, v in headers)
+
+
+def id_millis(entry_id: str) -> int:
+    """The millisecond part of an entry id: when the server added it."""
+    return int(entry_id.partition("-")[0])
+
+
+def _text(raw: bytes | str) -> str:
+    return raw.decode() if isinstance(raw, bytes) else raw
+
+
+class _Backoff:
+    """Doubling pauses while the server is unreachable, so a down Redis costs a log line per
+    attempt, not a busy loop; ``ok`` resets it."""
+
+    def __init__(self) -> None:
+        self.delay = 0.0
+        self.until = 0.0
+        self.failures = 0
+
+    def failed(self) -> float:
+        self.delay = min(BACKOFF_MAX_S, max(BACKOFF_FIRST_S, self.delay * 2))
+        self.until = time.monotonic() + self.delay
+        self.failures += 1
+        return self.delay
+
+    def ok(self) -> bool:
+        """Reset; True when this ends an outage."""
+        ended = self.failures > 0
+        self.delay, self.until, self.failures = 0.0, 0.0, 0
+        return ended
+
+    def waiting(self) -> float:
+        return max(0.0, self.until - time.monotonic())
+
+
+# ------------------------------------------------------------------------------------------------
+# The worker side
+# ------------------------------------------------------------------------------------------------
+class RedisStreamsTransport:
+    """``Transport`` over Redis Streams (see the module docstring for the delivery rules).
+
+    Threads: the receive thread polls, claims, XACKs and renews; the publisher thread XADDs and
+    calls ``finish``. They share one redis-py client (its connection pool is thread-safe) and
+    the in-flight bookkeeping below, under ``_lock``."""
+
+    name = "redis-streams"
+
+    def __init__(self, settings: WorkerSettings, *, on_revoked: OnRevoked) -> None:
+        self.settings = settings
+        self.on_revoked = on_revoked  # never called: every worker of the group reads the whole stream
+        self.stream = settings.requests_topic
+        self.group = settings.group_id
+        self.consumer = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+        self.client: redis.Redis | None = None
+        self._lock = threading.Lock()
+        self._inflight: set[str] = set()  # entry ids polled and not finished
+        self._to_ack: list[str] = []  # finished, not yet XACKed
+        self._arrivals = itertools.count()
+        self._paused = False
+        self._started = False
+        self._read_own_pending = True  # after a start or reconnect: re-read this consumer's PEL first
+        self._pending_cursor = "-"
+        self._backoff = _Backoff()
+        self._claim_cursor = "0-0"
+        self._claim_due = 0.0
+        self._renew_due = 0.0
+        timeout = settings.redelivery_timeout_s
+        self._claim_every_s = min(CLAIM_INTERVAL_MAX_S, max(0.2, timeout / 2))
+        self._renew_every_s = max(0.1, timeout / 3)
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    def start(self) -> None:
+        self.client = connect(self.settings.transport_url)
+        self._create_group()
+        self._started = True
+        log.info("redis-streams: consumer %s of group %s on %s (%s)", self.consumer, self.group, self.stream,
+                 redact_url(self.settings.transport_url))
+        log.info("partitions assigned: %s", [f"{self.stream}/0"])  # the whole stream, shared by the group
+
+    def _create_group(self) -> None:
+        """The group at id 0 (entries written before any worker started are served), with the
+        stream; an existing group is kept as it is."""
+        try:
+            self.client.xgroup_create(self.stream, self.group, id="0", mkstream=True)
+            log.info("created consumer group %s on stream %s", self.group, self.stream)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    def ready(self) -> bool:
+        return self._started
+
+    def close(self) -> None:
+        """XACK what is finished; drop this consumer from the group when it holds no pending
+        entry (its name is never used again); else leave them to be claimed."""
+        if self.client is None:
+            return
+        self.commit()
+        try:
+            if not self.client.xpending_range(self.stream, self.group, min="-", max="+", count=1, consumername=self.consumer):
+                self.client.xgroup_delconsumer(self.stream, self.group, self.consumer)
+        except RedisError as exc:
+            log.warning("could not remove consumer %s from group %s: %s", self.consumer, self.group, exc)
+        self.client.close()
+
+    # -- receiving -------------------------------------------------------------------------------
+    def poll(self, timeout_s: float, max_records: int) -> list[Record]:
+        if self._paused:
+            time.sleep(timeout_s)
+            return []
+        wait = self._backoff.waiting()
+        if wait:
+            time.sleep(min(wait, timeout_s))
+            return []
+        try:
+            entries: list[tuple[str, list[bytes], int]] = []
+            if self._read_own_pending:
+                entries += self._own_pending(max_records)
+            if len(entries) < max_records and time.monotonic() >= self._claim_due:
+                entries += self._claim(max_records - len(entries))
+            if len(entries) < max_records:
+                entries += self._read_new(max_records - len(entries), block_s=0 if entries else timeout_s)
+        except RedisError as exc:
+            self._failed("reading", exc)
+            return []
+        if self._backoff.ok():
+            log.info("redis-streams: %s answers again", redact_url(self.settings.transport_url))
+        return self._records(entries)
+
+    def _read_new(self, count: int, block_s: float) -> list[tuple[str, list[bytes], int]]:
+        args: list[Any] = ["XREADGROUP", "GROUP", self.group, self.consumer, "COUNT", count]
+        if block_s > 0:
+            args += ["BLOCK", max(1, int(block_s * 1000))]
+        reply = self.client.execute_command(*args, "STREAMS", self.stream, ">")
+        return [(eid, fields, 1) for eid, fields in _stream_entries(reply)]
+
+    def _own_pending(self, count: int) -> list[tuple[str, list[bytes], int]]:
+        """This consumer's pending entries that it is not working on: handed out in a reply lost
+        with a connection that died. Listed with XPENDING (this consumer only), then taken with
+        XCLAIM, which counts the delivery; the entries in flight here are left untouched. Done
+        once the whole list was read (a long one goes on at the next poll)."""
+        found: list[tuple[str, int]] = []
+        after = self._pending_cursor
+        while len(found) < count:
+            page = self.client.xpending_range(self.stream, self.group, min=f"({after}" if after != "-" else "-", max="+",
+                                              count=count, consumername=self.consumer)
+            if not page:
+                self._read_own_pending, self._pending_cursor = False, "-"
+                break
+            after = _text(page[-1]["message_id"])
+            found += [(eid, int(p["times_delivered"])) for p in page if not self._known(eid := _text(p["message_id"]))]
+        else:
+            self._pending_cursor = after
+        if not found:
+            return []
+        delivered = dict(found)
+        reply = self.client.execute_command("XCLAIM", self.stream, self.group, self.consumer, 0, *delivered)
+        return [(eid, fields, delivered[eid] + 1) for eid, fields in ((_text(e), f) for e, f in reply) if fields is not None]
+
+    def _claim(self, count: int) -> list[tuple[str, list[bytes], int]]:
+        """Entries idle longer than ``redelivery_timeout_s`` (a dead or stuck worker's), claimed
+        for this consumer, with their delivery counts. The scan goes on from its cursor; when a
+        pass ends, the next one waits for the claim interval."""
+        min_idle_ms = int(self.settings.redelivery_timeout_s * 1000)
+        reply = self.client.execute_command("XAUTOCLAIM", self.stream, self.group, self.consumer, min_idle_ms,
+                                            self._claim_cursor, "COUNT", count)
+        cursor, claimed = _text(reply[0]), reply[1]
+        deleted = [_text(d) for d in reply[2]] if len(reply) > 2 else []  # Redis 7 drops them from the group itself
+        gone = [_text(eid) for eid, fields in claimed if fields is None]  # Redis 6.2 lists them as nil entries
+        if gone:
+            with self._lock:
+                self._to_ack += gone
+            deleted += gone
+        if deleted:
+            log.warning("%d pending entries of %s were deleted from the stream before they were answered (trimmed by "
+                        "their producer?): %s", len(deleted), self.stream, deleted[:5])
+        self._claim_cursor = cursor
+        if cursor == "0-0":
+            self._claim_due = time.monotonic() + self._claim_every_s
+        found = [(_text(eid), fields) for eid, fields in claimed if fields is not None and not self._known(_text(eid))]
+        if found:
+            log.info("claimed %d entries of %s idle for over %.1fs", len(found), self.stream, self.settings.redelivery_timeout_s)
+        return self._with_deliveries(found)
+
+    def _with_deliveries(self, found: list[tuple[str, list[bytes]]]) -> list[tuple[str, list[bytes], int]]:
+        """Each entry's delivery count from XPENDING (one pipelined round trip)."""
+        if not found:
+            return []
+        pipe = self.client.pipeline(transaction=False)
+        for eid, _ in found:
+            pipe.xpending_range(self.stream, self.group, min=eid, max=eid, count=1)
+        counts = pipe.execute()
+        out = []
+        for (eid, fields), pending in zip(found, counts):
+            if not pending:
+                continue  # acknowledged meanwhile by the worker that had it: nothing to do
+            out.append((eid, fields, int(pending[0]["times_delivered"])))
+        return out
+
+    def _known(self, entry_id: str) -> bool:
+        """In flight here, or finished and waiting for its XACK: never hand it out twice."""
+        with self._lock:
+            return entry_id in self._inflight or entry_id in self._to_ack
+
+    def _records(self, entries: list[tuple[str, list[bytes], int]]) -> list[Record]:
+        records = []
+        for eid, fields, deliveries in entries:
+            key, value, headers = parse_entry(fields)
+            source = Source(self.stream, 0, next(self._arrivals), key, id_millis(eid), headers, handle=eid,
+                            deliveries=deliveries)
+            with self._lock:
+                self._inflight.add(eid)
+            records.append(Record(source, value))
+        return records
+
+    def _failed(self, doing: str, exc: Exception) -> None:
+        delay = self._backoff.failed()
+        self._read_own_pending, self._pending_cursor = True, "-"  # a reply may have been lost with the connection
+        if self._backoff.failures == 1 or self._backoff.failures % 20 == 0:
+            log.warning("redis-streams: %s %s failed (%s: %s); retrying in %.1fs (attempt %d)", doing, self.stream,
+                        type(exc).__name__, exc, delay, self._backoff.failures)
+
+    def finish(self, source: Source) -> None:
+        with self._lock:
+            if source.handle in self._inflight:
+                self._inflight.discard(source.handle)
+                self._to_ack.append(source.handle)
+
+    def inflight(self) -> int:
+        with self._lock:
+            return len(self._inflight)
+
+    def commit(self) -> None:
+        """XACK every finished entry in one call, and renew this worker's claim on the entries
+        it is still working on. Failures are logged and retried on the next call."""
+        if self.client is None:
+            return
+        with self._lock:
+            done, self._to_ack = self._to_ack, []
+        if done:
+            try:
+                self.client.xack(self.stream, self.group, *done)
+            except RedisError as exc:
+                with self._lock:
+                    self._to_ack[:0] = done
+                log.warning("redis-streams: XACK of %d entries on %s failed (%s); will retry", len(done), self.stream, exc)
+                return
+        try:
+            self._renew()
+        except RedisError as exc:
+            log.warning("redis-streams: renewing %s's claim on its entries failed (%s); will retry", self.consumer, exc)
+
+    def _renew(self) -> None:
+        """Reset the idle time of the entries in flight here (XCLAIM JUSTID counts no delivery),
+        so the group does not take them over while a slow batch is still being computed."""
+        now = time.monotonic()
+        if now < self._renew_due:
+            return
+        with self._lock:
+            ids = list(self._inflight)
+        for start in range(0, len(ids), 1000):
+            self.client.execute_command("XCLAIM", self.stream, self.group, self.consumer, 0, *ids[start:start + 1000], "JUSTID")
+        self._renew_due = now + self._renew_every_s
+
+    def pause(self) -> None:
+        self._paused = True
+
+    def resume(self) -> None:
+        self._paused = False
+
+    def lag(self) -> Mapping[tuple[str, int], int]:
+        """Entries of the stream not yet delivered to the group (XINFO GROUPS ``lag``, Redis 7);
+        empty when the server cannot say (older Redis, or after deletions in the stream)."""
+        try:
+            for group in self.client.xinfo_groups(self.stream):
+                if _text(group["name"]) == self.group and group.get("lag") is not None:
+                    return {(self.stream, 0): int(group["lag"])}
+        except RedisError as exc:
+            log.debug("lag of %s unavailable: %s", self.stream, exc)
+        return {}
+
+    # -- producing -------------------------------------------------------------------------------
+    def produce(self, topic: str, key: bytes | None, value: bytes | None, headers: Headers,
+                on_acked: Callable[[], None], on_failed: Callable[[Exception], None]) -> None:
+        """XADD now, on the calling (publisher) thread; ``on_acked`` once the server returned the
+        new id. Results and reply streams are trimmed to about ``results_max_len``; the DLQ
+        stream never is (dead letters wait for a person)."""
+        size = entry_size(key, value, headers)
+        if size > MAX_ENTRY_BYTES:
+            raise RecordTooLarge(f"a {size}-byte entry exceeds the redis-streams limit of {MAX_ENTRY_BYTES} bytes")
+        args: list[Any] = ["XADD", topic]
+        if self.settings.results_max_len and topic != self.settings.dlq_topic:
+            args += ["MAXLEN", "~", self.settings.results_max_len]
+        try:
+            self.client.execute_command(*args, "*", *entry_fields(key, value, headers))
+        except RedisError as exc:
+            on_failed(exc)
+            return
+        on_acked()
+
+    def flush(self, timeout_s: float) -> None:
+        """Nothing to wait for: ``produce`` returns once the server has the entry."""
+
+
+def _stream_entries(reply) -> list[tuple[str, list[bytes] | None]]:
+    """``[(id, fields)]`` of a RESP2 XREAD/XREADGROUP reply for one stream (None: a timeout);
+    fields is None for a pending entry deleted from the stream."""
+    if not reply:
+        return []
+    _name, entries = reply[0]
+    return [(_text(eid), fields) for eid, fields in entries]
+
+
+# ------------------------------------------------------------------------------------------------
+# The client side
+# ------------------------------------------------------------------------------------------------
+class RedisStreamsChannel:
+    """``ClientChannel`` over Redis Streams: XADD requests; XREAD the results stream (no group)
+    from its last id as of construction, so every result written after that is read, and no
+    earlier one. ``servers`` is the redis:// URL; ``options`` go to redis-py."""
+
+    def __init__(self, servers: str, *, results_topic: str, options: dict) -> None:
+        self.client = connect(servers, options)
+        self.url = servers
+        self.results_topic = results_topic
+        self._lock = threading.Lock()
+        self._last_id = self._end_of(results_topic)
+        self._backoff = _Backoff()
+
+    def _end_of(self, stream: str) -> str:
+        """The stream's last id now ("0-0" when it does not exist yet: read it from its first)."""
+        try:
+            return _text(self.client.xinfo_stream(stream)["last-generated-id"])
+        except ResponseError as exc:
+            if "no such key" in str(exc).lower():
+                return "0-0"
+            raise
+
+    def send(self, topic: str, key: bytes | None, value: bytes, headers: Headers) -> None:
+        self.client.execute_command("XADD", topic, "*", *entry_fields(key, value, headers))
+
+    def flush(self, timeout_s: float) -> None:
+        """Nothing to wait for: ``send`` returns once the server has the entry."""
+
+    def receive(self, timeout_s: float) -> list[bytes]:
+        """Result values since the last call; a down server is logged and reads as nothing
+        (the position is kept, so nothing is missed once it is back)."""
+        wait = self._backoff.waiting()
+        if wait:
+            time.sleep(min(wait, timeout_s))
+            return []
+        with self._lock:
+            try:
+                reply = self.client.execute_command("XREAD", "COUNT", 1000, "BLOCK", max(1, int(timeout_s * 1000)),
+                                                    "STREAMS", self.results_topic, self._last_id)
+            except RedisError as exc:
+                delay = self._backoff.failed()
+                log.warning("reading %s from %s failed (%s); retrying in %.1fs", self.results_topic,
+                            redact_url(self.url), exc, delay)
+                return []
+            self._backoff.ok()
+            entries = _stream_entries(reply)
+            if entries:
+                self._last_id = entries[-1][0]
+        return [value for _, fields in entries for value in [parse_entry(fields or [])[1]] if value is not None]
+
+    def close(self) -> None:
+        self.client.close()
+
+
+__all__ = ["MAX_ENTRY_BYTES", "RedisStreamsChannel", "RedisStreamsTransport", "connect", "entry_fields", "parse_entry"]
