@@ -69,6 +69,7 @@ class QueuePeer(Protocol):
     """What a reliability test needs of a queue (see the module docstring)."""
 
     transport: str  # the worker's --transport
+    max_record_bytes: int | None  # the largest record the worker's producer may send (None: no limit)
 
     def worker_settings(self) -> dict[str, Any]:
         """Settings a worker needs to reach this queue (transport, transport_url or
@@ -85,8 +86,13 @@ class QueuePeer(Protocol):
     def reader(self, topic: str) -> Reader:
         """A reader of ``topic`` from its first record."""
 
-    def restart(self) -> None:
-        """Stop the server and start it again on the same address, keeping its data."""
+    def unacknowledged(self, topics: dict[str, str]) -> int:
+        """Records of ``topics["requests_topic"]`` the worker group has not acknowledged yet
+        (Kafka: produced past the committed offsets; Redis: pending plus unread entries; NATS:
+        the durable consumer's pending plus ack-pending messages)."""
+
+    def restart(self, down_s: float = 0.0) -> None:
+        """Stop the server, wait ``down_s``, start it again on the same address with its data."""
 
     def stop(self) -> None:
         """End the server (if this peer started it)."""
@@ -95,9 +101,12 @@ class QueuePeer(Protocol):
 class KafkaPeer:
     """Tansu through kafka-python, for the worker's ``kafka`` or ``kafka-librdkafka`` transport."""
 
+    max_record_bytes = 1024 * 1024  # the producer's default max_request_size
+
     def __init__(self, broker, transport: str = "kafka") -> None:
         self.broker = broker
         self.transport = transport
+        self._ends: dict[str, dict[int, int]] = {}  # topic → partition → one past the last produced offset
 
     def worker_settings(self) -> dict[str, Any]:
         return {"transport": self.transport, "bootstrap_servers": self.broker.bootstrap_servers}
@@ -110,15 +119,26 @@ class KafkaPeer:
     def produce(self, topic, messages, headers=None) -> None:
         from .procs import produce
 
-        produce(self.broker.bootstrap_servers, topic, messages, headers)
+        ends = self._ends.setdefault(topic, {})
+        for meta in produce(self.broker.bootstrap_servers, topic, messages, headers, max_request_size=64 * 1024 * 1024):
+            ends[meta.partition] = max(ends.get(meta.partition, 0), meta.offset + 1)
+
+    def unacknowledged(self, topics: dict[str, str]) -> int:
+        from .procs import committed_offsets
+
+        committed = committed_offsets(self.broker.bootstrap_servers, topics["group_id"])
+        ends = self._ends.get(topics["requests_topic"], {})
+        return sum(max(0, end - committed.get(p, 0)) for p, end in ends.items())
 
     def reader(self, topic: str) -> Reader:
         from .procs import TopicReader
 
         return TopicReader(self.broker.bootstrap_servers, topic)
 
-    def restart(self) -> None:
+    def restart(self, down_s: float = 0.0) -> None:
+        """Keeps the data only for a broker on durable storage (``storage="s3://..."``)."""
         self.broker.stop()
+        time.sleep(down_s)
         self.broker.start()
 
     def stop(self) -> None:

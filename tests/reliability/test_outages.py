@@ -1,5 +1,6 @@
-"""Outages of the services around the worker: the broker restarts (durable S3 storage, so the
-topics and committed offsets survive) and Redis goes away for part of the run."""
+"""Outages of the services around the worker: the queue's server restarts mid-run on every
+transport (with durable storage, so topics, streams and acknowledgements survive: S3 for Tansu)
+and Redis (the cache) goes away for part of the run."""
 
 from __future__ import annotations
 
@@ -8,43 +9,40 @@ import time
 
 from services import RedisServer
 
-from poolworker.broker import LocalBroker, free_port
-
 from .procs import (
     TopicReader,
     create_topics,
     embed_requests,
     ids_answered,
     produce,
-    start_moto,
 )
 
 
-def test_broker_restart_with_durable_storage_worker_reconnects(pool, topics, report):
-    _, aws_env = start_moto(pool)
-    broker = pool.add(LocalBroker(free_port(), storage="s3://tansu/", env=aws_env).start())
-    bs = broker.bootstrap_servers
-    create_topics(bs, topics, partitions=3)
+def test_server_restart_with_durable_storage_worker_reconnects(durable_queue, broker, pool, topics, report):
+    queue = durable_queue
+    bs = queue.worker_settings().get("bootstrap_servers", broker.bootstrap_servers)
+    queue.create(topics, partitions=3)
     # Tansu 0.6 (S3 storage) answers DUPLICATE_SEQUENCE_NUMBER after a restart for a batch that was
     # in flight at the stop and that it did not keep; kafka-python takes that answer as success, so
     # with idempotence on, a result can vanish (seen in 3 of 4 runs on a loaded 2-core machine).
     # Apache Kafka writes a batch and its producer state together. Without idempotence the resend
     # lands as a duplicate: what this test checks is that the worker reconnects and answers all.
-    worker = pool.worker(bs, topics, "worker", max_inflight_requests=128, kafka_options={"enable_idempotence": False})
+    worker = pool.worker(bs, topics, "worker", max_inflight_requests=128, kafka_options={"enable_idempotence": False},
+                         redelivery_timeout_s=5, **queue.worker_settings())
     n = 600
-    produce(bs, topics["requests_topic"], embed_requests(n))
-    reader = TopicReader(bs, topics["results_topic"])
+    queue.produce(topics["requests_topic"], embed_requests(n))
+    reader = queue.reader(topics["results_topic"])
     try:
         assert reader.until(lambda r: len(r) >= n // 4, 120), worker.tail()
         reader.close()
-        broker.stop()  # mid-run: requests in flight, results unacked, commits failing
         down_at = time.monotonic()
-        time.sleep(2)  # the worker sees connection errors, not a blip
-        assert worker.alive(), worker.tail()
-        broker.start()
+        # mid-run: requests in flight, results unacked, commits failing; down 2 s so the worker
+        # sees connection errors, not a blip
+        queue.restart(down_s=2.0)
         restarted_s = time.monotonic() - down_at
-        produce(bs, topics["requests_topic"], embed_requests(200, prefix="after", start=n))
-        reader = TopicReader(bs, topics["results_topic"])  # the records before the stop survived in S3
+        assert worker.alive(), worker.tail()
+        queue.produce(topics["requests_topic"], embed_requests(200, prefix="after", start=n))
+        reader = queue.reader(topics["results_topic"])  # the records before the stop survived
         expected = {f"r{i}" for i in range(n)} | {f"after{i}" for i in range(n, n + 200)}
         assert reader.until(lambda r: ids_answered(r) >= expected, 180), _stalled(worker, reader, expected)
         reader.settle()
@@ -54,11 +52,11 @@ def test_broker_restart_with_durable_storage_worker_reconnects(pool, topics, rep
     assert ids_answered(reader.records) == expected
     assert all(json.loads(r.value)["error"] is None for r in reader.records)
     duplicates = len(reader.records) - len(expected)
-    report["broker restart (s3 storage)"] = (f"{n}+200 requests, broker down {restarted_s:.1f}s mid-run; all answered, "
+    report[f"server restart ({queue.transport})"] = (f"{n}+200 requests, server down {restarted_s:.1f}s mid-run; all answered, "
                                              f"{duplicates} duplicates; worker never restarted")
 
 
-def _stalled(worker, reader: TopicReader, expected: set[str]) -> str:
+def _stalled(worker, reader, expected: set[str]) -> str:
     """What a stalled run looked like: how far it got, and the worker's own gauges."""
     missing = sorted(expected - ids_answered(reader.records))
     try:
