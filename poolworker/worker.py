@@ -40,7 +40,7 @@ class Worker:
         self.metrics = metrics or Metrics()
         self.engines = dict(engines) if engines is not None else load_engines(settings)
         self.cache = cache or make_cache(settings.redis_url, dev=dev, ttl_s=settings.cache_ttl_s, metrics=self.metrics)
-        self.metrics.info(version=__version__, models=",".join(sorted(self.engines)))
+        self.metrics.info(version=__version__, models=",".join(sorted(self.engines)), transport=settings.transport)
         self.server: MetricsServer | None = None
         self.metrics_port: int | None = None
         self.loop = WorkerLoop(settings, self.engines, self.cache, self.metrics)

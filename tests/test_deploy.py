@@ -436,6 +436,8 @@ def exported_samples() -> dict[str, set[str]]:
     m.items("minilm", "embed", 2)
     m.tokens("minilm", "embed", 20)
     m.dlq("bad_json")
+    m.ignored_field("typo")
+    m.expired("minilm", "embed")
     m.hit(1)
     m.miss(1)
     m.error()
