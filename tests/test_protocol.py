@@ -179,7 +179,6 @@ INVALID = [
     (embed(task=3), "task", "unsupported_task"),
     ({"request_id": "req-7", "task": "embed"}, "input", "invalid_request"),
     (embed(input=None), "input", "invalid_request"),
-    ({"request_id": "req-7", "task": "embed", "inputs": ["x"]}, "inputs", "invalid_request"),
     (embed(input=["a", "b", "c", 4]), "input[3]", "invalid_request"),
     (embed(input=[1, 2, -3]), "input[2]", "invalid_request"),
     (embed(input=[1, True]), "input[1]", "invalid_request"),
@@ -200,18 +199,11 @@ INVALID = [
     (embed(use_activation="yes"), "use_activation", "invalid_request"),
     (embed(use_activation=1), "use_activation", "invalid_request"),
     (embed(encoding_format="hex"), "encoding_format", "invalid_request"),
-    (embed(query="q"), "query", "invalid_request"),
-    (embed(top_n=1), "top_n", "invalid_request"),
-    (embed(return_documents=False), "return_documents", "invalid_request"),
-    (embed(pooling_task="embed"), "pooling_task", "invalid_request"),
-    (embed(text_1="a"), "text_1", "invalid_request"),
     (embed(request_id=""), "request_id", "invalid_request"),
     (embed(request_id="r" * 257), "request_id", "invalid_request"),
     (embed(model=7), "model", "invalid_request"),
     (embed(reply_to="bad topic!"), "reply_to", "invalid_request"),
     (embed(metadata=["not", "an", "object"]), "metadata", "invalid_request"),
-    ({"request_id": "req-7", "task": "classify", "input": "x", "dimensions": 4}, "dimensions", "invalid_request"),
-    ({"request_id": "req-7", "task": "classify", "input": "x", "encoding_format": "base64"}, "encoding_format", "invalid_request"),
     ({"request_id": "req-7", "task": "pooling", "input": "x", "pooling_task": "classify", "dimensions": 4}, "dimensions", "invalid_request"),
     ({"request_id": "req-7", "task": "pooling", "input": "x", "pooling_task": "score"}, "pooling_task", "invalid_request"),
     ({"request_id": "req-7", "task": "score", "text_1": "a"}, "text_2", "invalid_request"),
@@ -219,17 +211,41 @@ INVALID = [
     ({"request_id": "req-7", "task": "score", "text_1": "a", "queries": "b", "text_2": "c"}, "queries", "invalid_request"),
     ({"request_id": "req-7", "task": "score", "text_1": "a", "text_2": []}, "text_2", "invalid_request"),
     ({"request_id": "req-7", "task": "score", "text_1": [1, 2], "text_2": "a"}, "text_1[0]", "invalid_request"),
-    ({"request_id": "req-7", "task": "score", "text_1": "a", "text_2": "b", "input": "c"}, "input", "invalid_request"),
-    ({"request_id": "req-7", "task": "score", "text_1": "a", "text_2": "b", "truncation_side": "left"}, "truncation_side", "invalid_request"),
+    ({"request_id": "req-7", "task": "embed", "inputs": ["x"]}, "input", "invalid_request"),
+    (embed(input=""), "input", "invalid_request"),
+    (embed(input=["a", ""]), "input[1]", "invalid_request"),
+    (embed(normalize=True), "normalize", "invalid_request"),
+    (embed(encoding_format="bytes", embed_dtype="int4"), "embed_dtype", "invalid_request"),
+    (embed(endianness="middle"), "endianness", "invalid_request"),
+    (embed(cache_salt=""), "cache_salt", "invalid_request"),
+    (embed(cache_salt="a/b"), "cache_salt", "invalid_request"),
+    (embed(priority=2**63), "priority", "invalid_request"),
+    (embed(padding="longest"), "padding", "invalid_request"),
+    (embed(mm_processor_kwargs={"num_crops": 4}), "mm_processor_kwargs", "invalid_request"),
+    (embed(chat_template="{{ x }}", messages=[{"role": "user", "content": "x"}], input=None), "chat_template", "invalid_request"),
+    (embed(input=None, messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "u"}}]}]),
+     "messages[0].content[0]", "invalid_request"),
+    (embed(input=None, messages=[{"role": "user", "content": "a"}], add_generation_prompt=True, continue_final_message=True),
+     "continue_final_message", "invalid_request"),
+    ({"request_id": "req-7", "task": "embed", "texts": []}, "texts", "invalid_request"),
+    ({"request_id": "req-7", "task": "embed", "texts": ["a"], "truncate": "MIDDLE"}, "truncate", "invalid_request"),
+    ({"request_id": "req-7", "task": "embed", "texts": ["a"], "embedding_types": ["int8"]}, "embedding_types[0]", "invalid_request"),
+    ({"request_id": "req-7", "task": "embed", "texts": ["a"], "images": ["data:image/png;base64,AA=="]}, "images", "invalid_request"),
+    ({"request_id": "req-7", "task": "token_embed", "input": "x", "late_chunking_params": {"chunk_size": 4}},
+     "late_chunking_params", "invalid_request"),
+    ({"request_id": "req-7", "task": "pooling", "input": "x", "pooling_task": "encode"}, "pooling_task", "invalid_request"),
+    ({"request_id": "req-7", "task": "score", "queries": "q", "items": "a", "documents": "b"}, "items", "invalid_request"),
+    ({"request_id": "req-7", "task": "score", "data_1": "q"}, "data_2", "invalid_request"),
+    ({"request_id": "req-7", "task": "score", "text_1": {"content": [{"type": "text", "text": "q"}]}, "text_2": "a"},
+     "text_1", "invalid_request"),
+    ({"request_id": "req-7", "task": "rerank", "query": "q", "documents": ["a"], "top_n": -1}, "top_n", "invalid_request"),
+    ({"request_id": "req-7", "task": "rerank", "query": "q", "documents": ["a"], "max_tokens_per_doc": -1},
+     "max_tokens_per_doc", "invalid_request"),
     ({"request_id": "req-7", "task": "rerank", "documents": ["a"]}, "query", "invalid_request"),
     ({"request_id": "req-7", "task": "rerank", "query": "q"}, "documents", "invalid_request"),
-    ({"request_id": "req-7", "task": "rerank", "query": "q", "documents": "a"}, "documents", "invalid_request"),
     ({"request_id": "req-7", "task": "rerank", "query": "q", "documents": []}, "documents", "invalid_request"),
     ({"request_id": "req-7", "task": "rerank", "query": "q", "documents": ["a", {"text": "b"}]}, "documents[1]", "invalid_request"),
     ({"request_id": "req-7", "task": "rerank", "query": ["q"], "documents": ["a"]}, "query", "invalid_request"),
-    ({"request_id": "req-7", "task": "rerank", "query": "q", "documents": ["a", "b"], "top_n": 3}, "top_n", "invalid_request"),
-    ({"request_id": "req-7", "task": "rerank", "query": "q", "documents": ["a", "b"], "top_n": 0}, "top_n", "invalid_request"),
-    ({"request_id": "req-7", "task": "rerank", "query": "q", "documents": ["a"], "dimensions": 4}, "dimensions", "invalid_request"),
 ]
 
 
@@ -243,8 +259,78 @@ def test_invalid_requests_name_the_field_and_keep_the_request_id(body, param, ki
     assert error.request_id == expected_id
 
 
-def test_a_misspelt_field_suggests_the_right_name():
-    assert "did you mean 'input'" in invalid(raw({"request_id": "t", "task": "embed", "inputs": "x"})).error.message
+# Fields the task's vLLM request class does not read: ignored, as vLLM ignores them, but named.
+IGNORED = [
+    (embed(query="q"), "query"),
+    (embed(top_n=1), "top_n"),
+    (embed(return_documents=False), "return_documents"),
+    (embed(pooling_task="embed"), "pooling_task"),
+    (embed(text_1="a"), "text_1"),
+    (embed(inputz="a"), "inputz"),
+    (embed(activation=False), "activation"),
+    (embed(late_chunking_params=None), "late_chunking_params"),
+    ({"request_id": "req-7", "task": "classify", "input": "x", "dimensions": 4}, "dimensions"),
+    ({"request_id": "req-7", "task": "classify", "input": "x", "encoding_format": "base64"}, "encoding_format"),
+    ({"request_id": "req-7", "task": "score", "text_1": "a", "text_2": "b", "input": "c"}, "input"),
+    ({"request_id": "req-7", "task": "rerank", "query": "q", "documents": ["a"], "dimensions": 4}, "dimensions"),
+    ({"request_id": "req-7", "task": "embed", "texts": ["a"], "encoding_format": "base64"}, "encoding_format"),
+    ({"request_id": "req-7", "task": "embed", "input": "x", "warnings": ["forged"]}, "warnings"),
+]
+
+
+@pytest.mark.parametrize("body, field", IGNORED, ids=[f for _, f in IGNORED])
+def test_fields_the_task_does_not_read_are_ignored_with_a_warning_naming_them(body, field):
+    request = parse_request(raw(body))
+    assert len(request.warnings) == 1 and f"'{field}'" in request.warnings[0]
+    assert field == "warnings" or field not in request.model_fields_set
+
+
+def test_every_field_of_vllms_request_classes_is_accepted():
+    common = {"user": "u", "priority": -3, "cache_salt": "salt", "mm_processor_kwargs": {}, "truncate_prompt_tokens": -1,
+              "truncation_side": "left", "padding": "do_not_pad"}
+    bodies = [
+        embed(**common, add_special_tokens=False, encoding_format="bytes_only", embed_dtype="bfloat16", endianness="big",
+              dimensions=8, use_activation=False),
+        embed(**common, input=None, messages=[{"role": "system", "content": "s"}, {"role": "user", "content": [{"type": "text", "text": "u"}]}],
+              add_generation_prompt=True, add_special_tokens=True, chat_template_kwargs={"enable_thinking": False}, media_io_kwargs={}),
+        {"request_id": "r", "task": "embed", "texts": ["a"], "input_type": "query", "output_dimension": 8, "images": None,
+         "embedding_types": ["float", "binary", "ubinary", "base64"], "truncate": "START", "max_tokens": 5, "priority": 1},
+        {"request_id": "r", "task": "token_embed", "input": "x", **common, "late_chunking_params": {}, "embed_dtype": "float16"},
+        {"request_id": "r", "task": "classify", "input": ["x"], **common, "use_activation": True, "add_special_tokens": True},
+        {"request_id": "r", "task": "pooling", "pooling_task": "token_classify", "input": "x", **common, "encoding_format": "base64"},
+        {"request_id": "r", "task": "score", "data_1": "q", "data_2": ["a"], **common, "max_tokens_per_query": 3,
+         "max_tokens_per_doc": 4, "instruction": "i", "chat_template_kwargs": {"k": 1}, "use_activation": False},
+        {"request_id": "r", "task": "rerank", "query": "q", "documents": "a", "top_n": 0, **common},
+    ]
+    for body in bodies:
+        request = parse_request(raw(body))
+        assert request.warnings == (), body
+
+
+def test_chat_input_forms_become_a_list_of_conversations():
+    one = [{"role": "user", "content": "hi"}]
+    for body in (embed(input=None, messages=one), embed(input=one), embed(input=None, messages=[one, one]), embed(input=[one, one])):
+        request = parse_request(raw(body))
+        assert request.form == "chat" and request.input is None
+        assert request.messages in ([one], [one, one])
+        assert request.special_tokens is False
+
+
+def test_score_name_pairs_fold_into_text_1_and_text_2():
+    for a, b in (("text_1", "text_2"), ("queries", "documents"), ("queries", "items"), ("data_1", "data_2")):
+        request = parse_request(raw({"request_id": "r", "task": "score", a: "q", b: ["x", "y"]}))
+        assert (request.text_1, request.text_2) == ("q", ["x", "y"])
+
+
+def test_a_cohere_body_folds_into_input_dimensions_and_truncation():
+    request = parse_request(raw({"request_id": "r", "task": "embed", "texts": ["a", "b"], "output_dimension": 8,
+                                 "truncate": "START", "max_tokens": 7}))
+    assert (request.form, request.input, request.dimensions) == ("cohere", ["a", "b"], 8)
+    assert (request.truncate_prompt_tokens, request.truncation_side) == (7, "left")
+    request = parse_request(raw({"request_id": "r", "task": "embed", "texts": ["a"]}))
+    assert (request.truncate_prompt_tokens, request.truncation_side) == (-1, None)  # END: truncate at the model's maximum
+    request = parse_request(raw({"request_id": "r", "task": "embed", "texts": ["a"], "truncate": "NONE"}))
+    assert request.truncate_prompt_tokens is None
 
 
 def test_the_item_limit_applies_to_input_documents_and_texts():

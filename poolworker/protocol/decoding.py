@@ -26,6 +26,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from .errors import ErrorInfo, InvalidRequest, UnparseableMessage
+from .fields import split_fields
 from .request import _TOPIC, DEFAULT_MAX_ITEMS, TASKS, PoolingRequest, _kind
 
 DEFAULT_MAX_REQUEST_BYTES = 8_388_608
@@ -234,7 +235,8 @@ def _error_from(exc: ValidationError) -> ErrorInfo:
         return ErrorInfo(type="invalid_request", message=f"{param} is required", param=param)
     if param == "task" and kind == "literal_error":
         return ErrorInfo(type="unsupported_task", message=f"task must be one of {', '.join(TASKS)}", param=param)
-    return ErrorInfo(type="invalid_request", message=f"{param}: {err['msg']}", param=param)
+    got = f", got {err['input']!r:.80}" if kind == "literal_error" else ""
+    return ErrorInfo(type="invalid_request", message=f"{param}: {err['msg']}{got}", param=param)
 
 
 def parse_request(
@@ -259,7 +261,28 @@ def parse_request(
     if suspect and (problem := _first_problem(body)) is not None:
         param, message = problem
         raise InvalidRequest(ErrorInfo(type="invalid_request", message=message, param=param or None), **_recover(body, tags, suspect))
+    removed = _removed_parameter(body)
+    if removed is not None:
+        raise InvalidRequest(removed, **_recover(body, tags, suspect))
+    fields = dict(body)
+    form, warnings = split_fields(fields)
+    fields.update(form=form, warnings=tuple(warnings))
     try:
-        return PoolingRequest.model_validate(body, context={"max_items": max_items})
+        return PoolingRequest.model_validate(fields, context={"max_items": max_items})
     except ValidationError as exc:
         raise InvalidRequest(_error_from(exc), **_recover(body, tags, suspect)) from None
+
+
+# vLLM's reject_removed_pooling_parameters: parameters it refuses by name rather than ignore.
+_REMOVED_TASKS = {"score": "`score` task was removed; use `classify` instead.",
+                  "encode": "`encode` task was removed; use `token_embed` or `token_classify` instead."}
+
+
+def _removed_parameter(body: dict) -> ErrorInfo | None:
+    if "normalize" in body:
+        return ErrorInfo(type="invalid_request", message="Parameter `normalize` was removed; use `use_activation` instead.",
+                         param="normalize")
+    pooling_task = body.get("pooling_task")
+    if isinstance(pooling_task, str) and pooling_task in _REMOVED_TASKS:
+        return ErrorInfo(type="invalid_request", message=_REMOVED_TASKS[pooling_task], param="pooling_task")
+    return None

@@ -23,6 +23,8 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from .chat import check_conversations
+
 Task = Literal["embed", "classify", "score", "rerank", "token_embed", "token_classify", "reward", "pooling"]
 PoolingTask = Literal["embed", "classify", "token_embed", "token_classify"]
 TASKS: tuple[str, ...] = get_args(Task)
@@ -105,67 +107,133 @@ def _kind(value: object) -> str:
 
 Texts = str | list[str]
 Prompts = str | list[str] | list[int] | list[list[int]]
+EncodingFormat = Literal["float", "base64", "bytes", "bytes_only"]
+# vLLM's EMBED_DTYPES (vllm/utils/serial_utils.py): what a vector is cast to before it is
+# written as base64 or bytes. Float output is never cast.
+EmbedDType = Literal["float32", "float16", "bfloat16", "fp8_e4m3", "fp8_e5m2"]
+Endianness = Literal["native", "big", "little"]
+CohereEmbeddingType = Literal["float", "binary", "ubinary", "base64"]
+Int64 = Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]
 
-_INPUT_OPTIONS = frozenset({"input", "truncate_prompt_tokens", "truncation_side", "use_activation"})
-_VECTOR_OPTIONS = _INPUT_OPTIONS | {"dimensions", "encoding_format"}
-_MATRIX_OPTIONS = _INPUT_OPTIONS | {"encoding_format"}
-_PAIR_OPTIONS = frozenset({"truncate_prompt_tokens", "use_activation"})
+# vLLM's validate_cache_salt: at most 128 characters, none of these.
+_CACHE_SALT_FORBIDDEN = frozenset("@/\\\0")
 
-# Which request fields each task reads (beyond request_id, task, model, reply_to, metadata).
-# A field outside its task's set is an error: it would otherwise be silently ignored.
-_TASK_FIELDS: dict[str, frozenset[str]] = {
-    "embed": _VECTOR_OPTIONS,
-    "token_embed": _VECTOR_OPTIONS,
-    "classify": _INPUT_OPTIONS,
-    "token_classify": _MATRIX_OPTIONS,
-    "reward": _MATRIX_OPTIONS,
-    "pooling": _VECTOR_OPTIONS | {"pooling_task"},
-    "score": _PAIR_OPTIONS | {"text_1", "text_2", "queries", "documents"},
-    "rerank": _PAIR_OPTIONS | {"query", "documents", "top_n", "return_documents"},
-}
+
+def _check_not_empty_text(value: object, field: str) -> None:
+    """vLLM refuses a prompt with no tokens ("The decoder prompt cannot be empty"); an empty
+    text is refused here for every model, so the answer does not depend on whether the
+    tokenizer adds special tokens around nothing."""
+    if value == "":
+        _fail(field, f"{field} must not be an empty string: the prompt cannot be empty")
+    if isinstance(value, list):
+        bad = next((i for i, x in enumerate(value) if x == ""), None)
+        if bad is not None:
+            _fail(f"{field}[{bad}]", f"{field}[{bad}] must not be an empty string: the prompt cannot be empty")
+
+
+# vLLM's score request classes, each a name pair for the same two sides.
+_SCORE_PAIRS = (("text_1", "text_2"), ("queries", "documents"), ("queries", "items"), ("data_1", "data_2"))
+_SCORE_SIDES = ("text_1", "text_2", "queries", "documents", "items", "data_1", "data_2")
+_SCORE_PARTNER = {"text_1": "text_2", "text_2": "text_1", "queries": "documents", "documents": "queries",
+                  "items": "queries", "data_1": "data_2", "data_2": "data_1"}
 
 
 class PoolingRequest(BaseModel):
     """One request: a task, its inputs and options, and where/how to answer.
 
-    For ``score``, ``queries``/``documents`` are accepted as the names of ``text_1``/``text_2``
-    and are moved there during validation, so downstream code reads only ``text_1``/``text_2``.
-    Construct with ``PoolingRequest.model_validate(body, context={"max_items": n})`` to change the
-    per-list item limit (default 4096).
+    Built by ``decoding.parse_request`` after ``fields.split_fields`` dropped the fields the
+    task's vLLM request class does not read; the names vLLM accepts for the same thing are
+    folded into one field here, so downstream code reads one name only:
+
+    - score pairs ``queries``/``documents``, ``queries``/``items``, ``data_1``/``data_2`` →
+      ``text_1``/``text_2``;
+    - chat input (``messages``, or conversations in ``input``) → ``messages`` as a list of
+      conversations, ``form == "chat"``;
+    - a Cohere ``/v2/embed`` body → ``input`` (from ``texts``), ``dimensions`` (from
+      ``output_dimension``) and the truncation fields (from ``truncate``/``max_tokens``),
+      ``form == "cohere"``.
+
+    ``warnings`` is set by ``parse_request`` (the ignored fields), never by the caller: it is in
+    no task's field set, so a body's own ``warnings`` is itself dropped as unknown.
     """
 
     model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
+    # the envelope
     request_id: Annotated[str, Field(min_length=1, max_length=256)]
     task: Task
     model: Annotated[str, Field(min_length=1, max_length=512)] | None = None
+    form: Literal["completion", "chat", "cohere"] = "completion"
+    warnings: tuple[str, ...] = ()
+    # inputs
     input: Prompts | None = None
+    messages: list | None = None
     text_1: Texts | None = None
     text_2: Texts | None = None
     queries: Texts | None = None
     documents: Texts | None = None
+    items: Texts | None = None
+    data_1: Texts | None = None
+    data_2: Texts | None = None
     query: str | None = None
-    pooling_task: PoolingTask | None = None
-    dimensions: Annotated[int, Field(ge=1)] | None = None
+    texts: list[str] | None = None
+    images: list | None = None
+    inputs: list | None = None
+    # options every task reads (PoolingBasicRequestMixin)
+    user: str | None = None
+    priority: Int64 = 0
+    cache_salt: str | None = None
+    mm_processor_kwargs: dict[str, Any] | None = None
     truncate_prompt_tokens: int | None = None
     truncation_side: Literal["left", "right"] | None = None
+    padding: Literal["max_length", "do_not_pad"] | None = None
+    add_special_tokens: bool | None = None  # None: True for completion input, False for chat
+    # chat
+    add_generation_prompt: bool = False
+    continue_final_message: bool = False
+    chat_template: str | None = None
+    chat_template_kwargs: dict[str, Any] | None = None
+    media_io_kwargs: dict[str, Any] | None = None
+    # head and output
+    pooling_task: PoolingTask | None = None
+    dimensions: Annotated[int, Field(ge=1)] | None = None
     use_activation: bool | None = None
-    encoding_format: Literal["float", "base64"] = "float"
-    top_n: Annotated[int, Field(ge=1)] | None = None
+    encoding_format: EncodingFormat = "float"
+    embed_dtype: EmbedDType = "float32"
+    endianness: Endianness = "native"
+    late_chunking_params: dict[str, Any] | None = None
+    # score and rerank
+    top_n: Annotated[int, Field(ge=0)] = 0
     return_documents: bool = True
+    max_tokens_per_query: Annotated[int, Field(ge=0)] = 0
+    max_tokens_per_doc: Annotated[int, Field(ge=0)] = 0
+    instruction: str | None = None
+    # Cohere /v2/embed
+    input_type: str | None = None
+    output_dimension: Annotated[int, Field(ge=1)] | None = None
+    embedding_types: list[CohereEmbeddingType] | None = None
+    truncate: Literal["NONE", "START", "END"] = "END"
+    max_tokens: Annotated[int, Field(ge=1)] | None = None
+    # the reply address, last: a request whose input is wrong is reported as such first
     reply_to: str | None = None
     metadata: dict[str, Any] | None = None
 
     @field_validator("input", mode="plain")
     @classmethod
     def _input(cls, value: object, info: ValidationInfo) -> object:
-        if value is not None:
+        if value is not None and info.data.get("form") != "chat":  # a conversation: checked with messages
             _check_prompts(value, "input", _max_items(info))
+            _check_not_empty_text(value, "input")
         return value
 
-    @field_validator("text_1", "text_2", "queries", "documents", mode="plain")
+    @field_validator("text_1", "text_2", "queries", "documents", "items", "data_1", "data_2", mode="plain")
     @classmethod
     def _texts(cls, value: object, info: ValidationInfo) -> object:
+        field = str(info.field_name)
+        where = field if isinstance(value, dict) else next(
+            (f"{field}[{i}]" for i, x in enumerate(value) if isinstance(x, dict)), None) if isinstance(value, list) else None
+        if where is not None:
+            _fail(where, f"{where}: multimodal score input ({{'content': [...]}}) is not supported; the served models are text-only")
         if value is not None:
             _check_texts(value, str(info.field_name), _max_items(info))
         return value
@@ -184,39 +252,100 @@ class PoolingRequest(BaseModel):
             _fail("reply_to", "reply_to must be a Kafka topic name: 1 to 249 of the characters a-z A-Z 0-9 . _ -")
         return value
 
+    @field_validator("cache_salt")
+    @classmethod
+    def _cache_salt(cls, value: str | None) -> str | None:
+        if value is not None and (not value or len(value) > 128 or _CACHE_SALT_FORBIDDEN & set(value)):
+            _fail("cache_salt", "Parameter 'cache_salt' must be a non-empty string of at most 128 characters, "
+                                "without '@', '/', '\\' or NUL")
+        return value
+
+    @field_validator("mm_processor_kwargs", "media_io_kwargs", "images", "inputs")
+    @classmethod
+    def _text_only(cls, value: object, info: ValidationInfo) -> object:
+        if value:
+            _fail(str(info.field_name), f"{info.field_name} applies to multimodal models; the served models are "
+                                        "text-only, so it is accepted only when empty")
+        return value
+
+    @field_validator("late_chunking_params")
+    @classmethod
+    def _late_chunking(cls, value: dict | None) -> dict | None:
+        if value:
+            _fail("late_chunking_params", "late_chunking_params: late chunking is not supported by this worker; "
+                                          "send null or {} (or split the document and embed the chunks)")
+        return value
+
+    @field_validator("chat_template")
+    @classmethod
+    def _chat_template(cls, value: str | None) -> str | None:
+        if value is not None:  # vLLM's default (--trust-request-chat-template unset)
+            _fail("chat_template", "chat_template in a request is not trusted by this worker; the model's own "
+                                   "template is used")
+        return value
+
     @model_validator(mode="after")
     def _fits_task(self) -> PoolingRequest:
-        allowed = _TASK_FIELDS[self.task]
-        for name in sorted(self.model_fields_set - allowed - {"request_id", "task", "model", "reply_to", "metadata"}):
-            if getattr(self, name) is not None:
-                _fail(name, f"{name} does not apply to task '{self.task}'")
+        if self.form == "cohere":
+            self._fold_cohere()
+        elif self.form == "chat":
+            self._fold_chat()
         if self.task == "score":
-            self._merge_alias("text_1", "queries")
-            self._merge_alias("text_2", "documents")
+            self._fold_score_pairs()
         elif self.task == "rerank":
             self._check_rerank()
-        elif self.input is None:
+        elif self.form != "chat" and self.input is None:
             _fail("input", f"input is required for task '{self.task}'")
         if self.dimensions is not None and self.pooling_task in ("classify", "token_classify"):
             _fail("dimensions", f"dimensions applies to embed and token_embed, not pooling_task '{self.pooling_task}'")
         return self
 
-    def _merge_alias(self, name: str, alias: str) -> None:
-        value, aliased = getattr(self, name), getattr(self, alias)
-        if value is not None and aliased is not None:
-            _fail(alias, f"give {name} or {alias}, not both")
-        if value is None and aliased is None:
-            _fail(name, f"{name} (or {alias}) is required for task 'score'")
-        if value is None:
-            setattr(self, name, aliased)
-            setattr(self, alias, None)
+    def _fold_chat(self) -> None:
+        if self.messages is not None and self.input is not None:
+            _fail("input", "give messages or input, not both")
+        if self.add_generation_prompt and self.continue_final_message:
+            _fail("continue_final_message", "Cannot set both `continue_final_message` and `add_generation_prompt` to True.")
+        field = "messages" if self.messages is not None else "input"
+        value = self.messages if self.messages is not None else self.input
+        conversations = value if value and all(isinstance(c, list) for c in value) else [value]
+        check_conversations(conversations, field, DEFAULT_MAX_ITEMS, _fail)
+        self.messages, self.input = conversations, None
+
+    def _fold_cohere(self) -> None:
+        if not self.texts:
+            _fail("texts", "Exactly one of texts, images, or inputs must be provided, and it must be non-empty")
+        _check_not_empty_text(self.texts, "texts")
+        self.input, self.dimensions = self.texts, self.output_dimension
+        if self.truncate == "START":
+            self.truncate_prompt_tokens, self.truncation_side = (self.max_tokens or -1), "left"
+        elif self.truncate == "END":
+            self.truncate_prompt_tokens = self.max_tokens or -1
+
+    def _fold_score_pairs(self) -> None:
+        """vLLM's four score request classes, each naming the two sides differently."""
+        given = [n for n in _SCORE_SIDES if getattr(self, n) is not None]
+        named = [(a, b) for a, b in _SCORE_PAIRS if a in given and b in given]
+        if len(given) != 2 or len(named) != 1:
+            extra = [n for n in given if not named or n not in named[0]]
+            param = extra[-1] if named or len(given) > 1 else _SCORE_PARTNER[given[0]] if given else "text_1"
+            _fail(param, "score takes one pair of fields: text_1/text_2, queries/documents, queries/items or "
+                         f"data_1/data_2; got {', '.join(given) or 'none'}")
+        first, second = named[0]
+        self.text_1, self.text_2 = getattr(self, first), getattr(self, second)
+        for name in (first, second):
+            if name not in ("text_1", "text_2"):
+                setattr(self, name, None)
 
     def _check_rerank(self) -> None:
         if self.query is None:
             _fail("query", "query is required for task 'rerank'")
         if self.documents is None:
             _fail("documents", "documents is required for task 'rerank'")
-        if not isinstance(self.documents, list):
-            _fail("documents", "documents must be a list of strings for task 'rerank'")
-        if self.top_n is not None and self.top_n > len(self.documents):
-            _fail("top_n", f"top_n={self.top_n} is more than the {len(self.documents)} documents")
+        if isinstance(self.documents, str):  # vLLM takes one document as a string, too
+            self.documents = [self.documents]
+
+    @property
+    def special_tokens(self) -> bool:
+        """Whether the tokenizer adds special tokens: vLLM's default is True for completion
+        input and False for chat (the template writes them)."""
+        return self.add_special_tokens if self.add_special_tokens is not None else self.form != "chat"
