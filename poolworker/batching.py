@@ -8,6 +8,11 @@ at most ``max_batch_requests`` requests and ``max_batch_tokens`` tokens, after w
 by the same ``max_batch_tokens`` (one budget from the settings down to the packing). Each batch
 leaves as new ``Finished`` values, in record order, through ``handoff`` (the publisher's queue),
 which keeps per-partition order.
+
+Deadlines: a record may carry the header ``deadline_ms`` (absolute Unix epoch milliseconds, ASCII
+digits; the HTTP gateway sets it from its timeout). A request still needing a forward when its
+deadline has passed is answered with an ``expired`` error instead: its caller has given up, and
+the forward would only delay the requests behind it.
 """
 
 from __future__ import annotations
@@ -22,9 +27,42 @@ from .engine.errors import EngineError
 from .metrics import Metrics
 from .protocol import ErrorInfo
 from .tasks import ItemResult, ModelCall, run_call
-from .work import Finished, Prepared
+from .work import Finished, Prepared, Source
 
 log = logging.getLogger(__name__)
+
+#: The record header holding a request's deadline: absolute Unix epoch milliseconds, ASCII digits.
+DEADLINE_HEADER = "deadline_ms"
+#: ``ErrorInfo.type`` of a request answered uncomputed because its deadline had passed.
+EXPIRED = "expired"
+
+
+def deadline_ms(source: Source) -> int | None:
+    """The deadline a record's ``deadline_ms`` header carries; None when it has none. A header
+    that is not ASCII digits is ignored rather than failing the request: a deadline only ever
+    saves work, so a caller's malformed one costs nothing but that saving."""
+    for name, value in source.headers:
+        if name != DEADLINE_HEADER:
+            continue
+        try:
+            text = bytes(value).decode("ascii")
+        except (TypeError, UnicodeDecodeError):
+            return None
+        return int(text) if text.isdigit() else None
+    return None
+
+
+def _expired(prepared: Prepared, now_ms: float) -> ErrorInfo | None:
+    """The ``expired`` error for a request that still needs a forward and whose deadline has
+    passed; None otherwise (errors and fully cached requests cost no forward, so they are
+    answered as they are)."""
+    if prepared.error is not None or not prepared.inputs:
+        return None
+    deadline = deadline_ms(prepared.source)
+    if deadline is None or deadline > now_ms:
+        return None
+    late_ms = int(now_ms - deadline)
+    return ErrorInfo(type=EXPIRED, message=f"the request's deadline passed {late_ms} ms before the model reached it; it was not computed")
 
 
 def _fill(call: ModelCall, members: list[Prepared], out: dict[int, list[ItemResult] | ErrorInfo]) -> None:
@@ -56,12 +94,18 @@ def _finished(prepared: Prepared, computed: list[ItemResult] | ErrorInfo | None)
 
 def infer(batch: list[Prepared], metrics: Metrics | None = None) -> list[Finished]:
     """Every request's outcome, in order. A failing engine call is retried request by request,
-    so one bad request cannot fail its neighbours; a request that still fails gets an error."""
+    so one bad request cannot fail its neighbours; a request that still fails gets an error.
+    A request whose deadline has passed is answered ``expired`` without a forward."""
     groups: dict[ModelCall, list[Prepared]] = defaultdict(list)
-    for prepared in batch:
-        if prepared.error is None and prepared.inputs:
-            groups[prepared.call].append(prepared)  # type: ignore[index]
     computed: dict[int, list[ItemResult] | ErrorInfo] = {}
+    now_ms = time.time() * 1000
+    for prepared in batch:
+        if (late := _expired(prepared, now_ms)) is not None:
+            computed[id(prepared)] = late
+            if metrics is not None:
+                metrics.expired(prepared.model or "unknown", prepared.task or "unknown")
+        elif prepared.error is None and prepared.inputs:
+            groups[prepared.call].append(prepared)  # type: ignore[index]
     for call, members in groups.items():
         start = time.perf_counter()
         try:

@@ -1,0 +1,251 @@
+"""The HTTP gateway end to end with client libraries nobody here wrote: the openai SDK, httpx,
+huggingface_hub's InferenceClient (TEI routes) and cohere's ClientV2, against a real Tansu
+broker and a real worker on a thread. References: the offline Engine (itself checked against
+transformers) and sentence-transformers for the embeddings.
+
+Also the deadline path on the worker side (``batching``): a request whose ``deadline_ms`` has
+passed is answered ``expired``, counted, and never reaches the model.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+import uuid
+
+import httpx
+import numpy as np
+import pytest
+from streaming import RunningWorker, worker_settings
+
+from poolworker.cache import make_cache
+from poolworker.client import PoolClient
+from poolworker.gateway.server import serve_in_thread
+from poolworker.gateway.settings import GatewaySettings
+from poolworker.metrics import Metrics
+from poolworker.worker import Worker
+
+REPLY_TOPICS = r"poolworker\.replies\..+"
+TEXTS = ["Kafka partitions spread load over consumers.", "Bananas are rich in potassium.", "Queues decouple producers."]
+ATOL = 1e-5
+
+
+@pytest.fixture(scope="module")
+def engines(minilm_engine, Engine, cross_encoder_path, seq_cls_path):
+    return {"minilm": minilm_engine, "cross": Engine(str(cross_encoder_path)), "sentiment": Engine(str(seq_cls_path))}
+
+
+@pytest.fixture(scope="module")
+def stack(broker, engines):
+    """A worker allowing the gateways' reply topics, and a gateway in front of it."""
+    metrics = Metrics()
+    settings = worker_settings(broker, allowed_reply_topics=REPLY_TOPICS, partitions=1)
+    running = RunningWorker(Worker(settings, engines=engines, cache=make_cache(None), metrics=metrics)).start()
+    gateway = serve_in_thread(GatewaySettings(bootstrap_servers=broker.bootstrap_servers, port=0, partitions=1,
+                                              requests_topic=settings.requests_topic, models=["minilm", "cross", "sentiment"],
+                                              timeout_s=30))
+    try:
+        yield {"url": gateway.url, "worker": settings, "metrics": metrics, "gateway": gateway}
+    finally:
+        gateway.stop()
+        running.stop()
+
+
+@pytest.fixture(scope="module")
+def http(stack):
+    with httpx.Client(base_url=stack["url"], timeout=60) as client:
+        yield client
+
+
+def close(a, b, atol=ATOL) -> None:
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    assert a.shape == b.shape and np.abs(a - b).max() <= atol
+
+
+def cosine(a, b) -> float:
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    return float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
+
+
+# -- vLLM's routes ----------------------------------------------------------------------------------
+def test_openai_sdk_embeddings_equal_sentence_transformers(stack, minilm_st):
+    from openai import OpenAI
+
+    client = OpenAI(base_url=f"{stack['url']}/v1", api_key="unused", max_retries=0)
+    response = client.embeddings.create(model="minilm", input=TEXTS)  # the SDK asks for base64 and decodes it
+    reference = minilm_st.encode(TEXTS, normalize_embeddings=False)
+    assert [d.index for d in response.data] == [0, 1, 2] and response.model == "minilm"
+    for got, ref in zip(response.data, reference):
+        assert cosine(got.embedding, ref) >= 0.99999
+    assert response.usage.prompt_tokens == response.usage.total_tokens > 0
+
+    raw = client.embeddings.with_raw_response.create(model="minilm", input="one text", encoding_format="float")
+    body = json.loads(raw.text)
+    assert body["id"].startswith("embd-") and body["object"] == "list" and isinstance(body["created"], int)
+    assert list(body) == ["id", "object", "created", "model", "data", "usage"]
+    assert body["usage"]["completion_tokens"] == 0 and "request_id" not in body
+    assert cosine(body["data"][0]["embedding"], minilm_st.encode("one text")) >= 0.99999
+
+
+def test_base64_over_http_is_little_endian_float32(http, minilm_engine):
+    body = http.post("/v1/embeddings", json={"input": "decode me", "encoding_format": "base64"}).json()  # default model
+    vector = np.frombuffer(base64.b64decode(body["data"][0]["embedding"]), dtype="<f4")
+    close(vector, minilm_engine.embed("decode me")[0].outputs.embedding)
+    assert body["model"] == "minilm"
+
+
+def test_classify_score_rerank_pooling(http, engines):
+    cross, sentiment, minilm = engines["cross"], engines["sentiment"], engines["minilm"]
+
+    body = http.post("/classify", json={"model": "sentiment", "input": TEXTS}).json()
+    assert body["id"].startswith("classify-") and body["object"] == "list"
+    for got, ref in zip(body["data"], sentiment.classify(TEXTS)):
+        close(got["probs"], ref.outputs.probs)
+        assert got["label"] == ref.outputs.label and got["num_classes"] == len(ref.outputs.probs)
+
+    for path in ("/score", "/v1/score"):
+        body = http.post(path, json={"model": "cross", "text_1": "which is a fruit?", "text_2": TEXTS}).json()
+        assert body["id"].startswith("score-") and [d["object"] for d in body["data"]] == ["score"] * 3
+        close([d["score"] for d in body["data"]], [o.outputs.score for o in cross.score("which is a fruit?", TEXTS)])
+
+    reference = cross.rerank("which is a fruit?", TEXTS, top_n=2)
+    for path in ("/rerank", "/v1/rerank", "/v2/rerank"):
+        body = http.post(path, json={"model": "cross", "query": "which is a fruit?", "documents": TEXTS, "top_n": 2}).json()
+        assert body["id"].startswith("score-") and list(body) == ["id", "model", "usage", "results"]
+        assert [r["index"] for r in body["results"]] == [r.index for r in reference]
+        close([r["relevance_score"] for r in body["results"]], [r.relevance_score for r in reference])
+        assert body["results"][0]["document"] == {"text": TEXTS[reference[0].index], "multi_modal": None}
+
+    body = http.post("/pooling", json={"model": "minilm", "input": TEXTS[:1], "task": "token_embed"}).json()
+    assert body["id"].startswith("pool-") and body["data"][0]["object"] == "pooling"
+    close(body["data"][0]["data"], minilm.encode(TEXTS[:1], pooling_task="token_embed")[0].outputs.data)
+
+
+def test_invocations_choose_the_api_by_body(http, engines):
+    body = http.post("/invocations", json={"model": "minilm", "input": "hello"}).json()
+    assert body["id"].startswith("embd-")
+    close(body["data"][0]["embedding"], engines["minilm"].embed("hello")[0].outputs.embedding)
+    body = http.post("/invocations", json={"model": "sentiment", "input": "hello"}).json()  # cannot embed: classify
+    assert body["id"].startswith("classify-")
+    close(body["data"][0]["probs"], engines["sentiment"].classify("hello")[0].outputs.probs)
+    body = http.post("/invocations", json={"model": "cross", "query": "q", "documents": ["a", "b"]}).json()
+    assert body["id"].startswith("score-") and len(body["results"]) == 2
+
+
+def test_errors_have_vllms_body_and_status(http):
+    def error(path, payload, **kw):
+        response = http.post(path, json=payload, **kw) if payload is not None else http.post(path, **kw)
+        return response.status_code, response.json()["error"]
+
+    status, err = error("/v1/embeddings", {"model": "nope", "input": "x"})
+    assert status == 404 and err["type"] == "NotFoundError" and err["code"] == 404
+    status, err = error("/classify", {"model": "minilm", "input": "x"})  # an embedding model cannot classify
+    assert status == 404 and err["code"] == 404
+    status, err = error("/v1/embeddings", {"model": "minilm", "input": "x", "dimensions": 100000})
+    assert (status, err["type"], err["param"], err["code"]) == (400, "BadRequestError", "dimensions", 400)
+    status, err = error("/v1/embeddings", None, content=b"{not json", headers={"content-type": "application/json"})
+    assert status == 400 and err["type"] == "BadRequestError"
+    status, err = error("/v1/embeddings", None, content=b'{"input": "x"}', headers={"content-type": "text/plain"})
+    assert status == 400 and "application/json" in err["message"]
+    response = http.get("/no/such/route")
+    assert response.status_code == 404 and response.json()["error"]["code"] == 404
+
+
+def test_models_health_version_metrics(http):
+    models = http.get("/v1/models").json()
+    assert models["object"] == "list" and [m["id"] for m in models["data"]] == ["minilm", "cross", "sentiment"]
+    assert http.get("/health").status_code == 200
+    assert "version" in http.get("/version").json()
+    http.post("/v1/embeddings", json={"input": "count me"})
+    assert 'poolworker_gateway_requests_total{route="/v1/embeddings",status="200"}' in http.get("/metrics").text
+
+
+# -- TEI's routes ---------------------------------------------------------------------------------
+def test_tei_routes_with_huggingface_hub(stack, http, engines, monkeypatch):
+    from huggingface_hub import InferenceClient, constants
+
+    # the suite runs with HF_HUB_OFFLINE=1 (no hub look-ups); this client only talks to the gateway
+    monkeypatch.setattr(constants, "is_offline_mode", lambda: False)
+
+    minilm, cross, sentiment = engines["minilm"], engines["cross"], engines["sentiment"]
+    vectors = InferenceClient(model=f"{stack['url']}/embed").feature_extraction(TEXTS[0])
+    close(vectors[0], minilm.embed(TEXTS[0])[0].outputs.embedding)
+
+    assert np.asarray(http.post("/embed", json={"inputs": TEXTS}).json()).shape == (3, 384)
+    matrices = http.post("/embed_all", json={"inputs": [TEXTS[1]]}).json()
+    close(matrices[0], minilm.encode([TEXTS[1]], pooling_task="token_embed")[0].outputs.data)
+
+    ranks = http.post("/rerank", json={"model": "cross", "query": "which is a fruit?", "texts": TEXTS, "return_text": True}).json()
+    reference = cross.rerank("which is a fruit?", TEXTS)
+    assert [r["index"] for r in ranks] == [r.index for r in reference] and ranks[0]["text"] == TEXTS[reference[0].index]
+    close([r["score"] for r in ranks], [r.relevance_score for r in reference])
+
+    predictions = http.post("/predict", json={"model": "sentiment", "inputs": TEXTS[0]}).json()
+    ref = sentiment.classify(TEXTS[0])[0].outputs
+    assert predictions[0]["label"] == ref.label
+    close(sorted(p["score"] for p in predictions), sorted(ref.probs))
+
+    response = http.post("/embed", json={"inputs": "x", "model": "nope"})
+    assert response.status_code == 422 and response.json()["error_type"] == "Validation"
+
+
+def test_cohere_client_rerank(stack, engines):
+    import cohere
+
+    client = cohere.ClientV2(api_key="unused", base_url=stack["url"])
+    response = client.rerank(model="cross", query="which is a fruit?", documents=TEXTS, top_n=2)
+    reference = engines["cross"].rerank("which is a fruit?", TEXTS, top_n=2)
+    assert [r.index for r in response.results] == [r.index for r in reference]
+    close([r.relevance_score for r in response.results], [r.relevance_score for r in reference])
+
+
+# -- overload and deadlines ---------------------------------------------------------------------------
+def test_429_at_the_inflight_cap_and_504_past_the_deadline(broker):
+    """No worker reads this request topic: one call waits, the next is refused at once, and the
+    waiting one times out with 504 and is forgotten."""
+    import threading
+
+    settings = GatewaySettings(bootstrap_servers=broker.bootstrap_servers, port=0, partitions=1, max_inflight=1,
+                               timeout_s=1.5, retry_after_s=2, requests_topic=f"t{uuid.uuid4().hex[:10]}.requests")
+    gateway = serve_in_thread(settings)
+    try:
+        first: dict = {}
+        thread = threading.Thread(target=lambda: first.update(r=httpx.post(f"{gateway.url}/v1/embeddings", json={"input": "x"}, timeout=30)))
+        thread.start()
+        pool = gateway.server.config.app.state.gateway.pool
+        deadline = time.monotonic() + 10
+        while pool.inflight == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        second = httpx.post(f"{gateway.url}/v1/embeddings", json={"input": "y"}, timeout=30)
+        assert second.status_code == 429 and second.headers["retry-after"] == "2"
+        assert second.json()["error"]["code"] == 429
+        thread.join(30)
+        assert first["r"].status_code == 504 and first["r"].json()["error"]["code"] == 504
+        assert not pool.client._pending  # the timed-out call was forgotten
+    finally:
+        gateway.stop()
+
+
+def test_worker_answers_expired_without_a_forward(stack, engines, monkeypatch):
+    """A request whose deadline_ms header is in the past: error ``expired``, counted, and the
+    model is never called for it (a request without a deadline still is)."""
+    from poolworker import batching
+    from poolworker.gateway import pool as gateway_pool
+
+    assert gateway_pool.DEADLINE_HEADER == batching.DEADLINE_HEADER
+    forwards = []
+    real = batching.run_call
+    monkeypatch.setattr(batching, "run_call", lambda call, inputs: forwards.append(len(inputs)) or real(call, inputs))
+    settings = stack["worker"]
+    with PoolClient(settings.bootstrap_servers, requests_topic=settings.requests_topic, results_topic=settings.results_topic) as client:
+        past = str(int(time.time() * 1000) - 1000).encode()
+        late = client.submit({"task": "embed", "model": "minilm", "input": "too late"}, headers=[("deadline_ms", past)])
+        result = late.result(60)
+        assert result["error"]["type"] == "expired" and "data" not in result
+        assert forwards == []
+        assert stack["metrics"].registry.get_sample_value("poolworker_expired_requests_total",
+                                                          {"model": "minilm", "task": "embed"}) == 1
+        future = str(int(time.time() * 1000) + 60_000).encode()
+        ok = client.submit({"task": "embed", "model": "minilm", "input": "in time"}, headers=[("deadline_ms", future)]).result(60)
+        assert ok["error"] is None and forwards == [1]
