@@ -1,0 +1,77 @@
+"""IO processor plugins: loading by entry point, and the bundled ``text_chunker`` checked against
+the model's own tokenizer (passage boundaries) and sentence-transformers (passage vectors)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from poolworker.plugins.chunking import TextChunker
+from poolworker.plugins.interface import PluginInputError
+from poolworker.plugins.offline import context_for, run_plugin
+from poolworker.plugins.registry import load_processor, parse_processor_specs
+
+
+@pytest.fixture(scope="module")
+def chunker(minilm_engine) -> TextChunker:
+    return load_processor("text_chunker", context_for(minilm_engine, "minilm"))
+
+
+@pytest.fixture(scope="module")
+def document(corpus) -> str:
+    return "\n\n".join(corpus[:40])  # real docstrings: several hundred tokens
+
+
+def test_the_bundled_plugin_loads_by_its_entry_point_name(chunker) -> None:
+    assert isinstance(chunker, TextChunker) and chunker.context.model == "minilm"
+
+
+def test_an_unknown_plugin_names_the_installed_ones(minilm_engine) -> None:
+    with pytest.raises(ValueError, match="text_chunker"):
+        load_processor("no_such_plugin", context_for(minilm_engine))
+
+
+def test_processor_specs_name_served_models() -> None:
+    assert parse_processor_specs(["minilm=text_chunker"], {"minilm"}) == {"minilm": "text_chunker"}
+    for bad in (["minilm"], ["other=text_chunker"], ["minilm=a", "minilm=b"]):
+        with pytest.raises(ValueError):
+            parse_processor_specs(bad, {"minilm"})
+
+
+def test_passages_cover_the_text_within_the_token_limit(chunker, document, minilm_tokenizer) -> None:
+    parsed = chunker.parse_request({"data": {"text": document, "max_tokens": 64, "overlap_tokens": 8}})
+    total = len(minilm_tokenizer(document, add_special_tokens=False)["input_ids"])
+    assert total > 3 * 64, "the document must need several passages"
+    spans = parsed.spans
+    assert spans[0][0] == len(document) - len(document.lstrip())
+    assert spans[-1][1] == len(document.rstrip())
+    for (a0, a1), (b0, b1) in zip(spans, spans[1:]):
+        assert b0 < a1 <= b1, "consecutive passages overlap and move forward"
+    for start, end in spans:
+        assert len(minilm_tokenizer(document[start:end], add_special_tokens=False)["input_ids"]) <= 64 + 2
+
+
+def test_passage_vectors_equal_sentence_transformers(chunker, document, minilm_engine, minilm_st) -> None:
+    data = run_plugin(minilm_engine, chunker, {"data": {"text": document, "max_tokens": 96, "overlap_tokens": 16}})
+    passages = data["passages"]
+    assert [p["index"] for p in passages] == list(range(len(passages))) and len(passages) >= 3
+    reference = minilm_st.encode([p["text"] for p in passages], normalize_embeddings=True)
+    for passage, expected in zip(passages, reference):
+        assert passage["text"] == document[passage["start"]:passage["end"]]
+        np.testing.assert_allclose(passage["embedding"], expected, atol=2e-5)
+
+
+@pytest.mark.parametrize("data, param", [
+    (None, "data"),
+    ({"text": ""}, "data.text"),
+    ({"text": 42}, "data.text"),
+    ({"text": "x", "max_tokens": 0}, "data.max_tokens"),
+    ({"text": "x", "max_tokens": 10_000}, "data.max_tokens"),
+    ({"text": "x", "max_tokens": 8, "overlap_tokens": 8}, "data.overlap_tokens"),
+    ({"text": "x", "max_tokens": True}, "data.max_tokens"),
+    ({"text": "x", "stride": 3}, "data.stride"),
+])
+def test_bad_data_is_a_typed_error_naming_the_field(chunker, data, param) -> None:
+    with pytest.raises(PluginInputError) as err:
+        chunker.parse_request({"data": data})
+    assert err.value.param == param
