@@ -3,6 +3,8 @@ the model's own tokenizer (passage boundaries) and sentence-transformers (passag
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import numpy as np
 import pytest
 
@@ -45,7 +47,7 @@ def test_passages_cover_the_text_within_the_token_limit(chunker, document, minil
     spans = parsed.spans
     assert spans[0][0] == len(document) - len(document.lstrip())
     assert spans[-1][1] == len(document.rstrip())
-    for (a0, a1), (b0, b1) in zip(spans, spans[1:]):
+    for (_, a1), (b0, b1) in pairwise(spans):
         assert b0 < a1 <= b1, "consecutive passages overlap and move forward"
     for start, end in spans:
         assert len(minilm_tokenizer(document[start:end], add_special_tokens=False)["input_ids"]) <= 64 + 2

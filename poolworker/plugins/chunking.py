@@ -43,7 +43,7 @@ class TextChunker(IOProcessor):
             raise PluginInputError("data must be an object with a 'text' field")
         unknown = set(data) - {"text", "max_tokens", "overlap_tokens"}
         if unknown:
-            raise PluginInputError(f"unknown field(s) {', '.join(sorted(unknown))} in data", f"data.{sorted(unknown)[0]}")
+            raise PluginInputError(f"unknown field(s) {', '.join(sorted(unknown))} in data", f"data.{min(unknown)}")
         text = data.get("text")
         if not isinstance(text, str) or not text.strip():
             raise PluginInputError("data.text must be a non-empty string", "data.text")

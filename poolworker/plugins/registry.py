@@ -35,7 +35,7 @@ def load_processor(name: str, context: PluginContext) -> IOProcessor:
         module, _, qualname = cls.rpartition(".")
         cls = getattr(import_module(module), qualname)
     if not (isinstance(cls, type) and issubclass(cls, IOProcessor)):
-        raise ValueError(f"--io-processor: plugin {name!r} ({found[0].value}) is not an IOProcessor subclass")
+        raise TypeError(f"--io-processor: plugin {name!r} ({found[0].value}) is not an IOProcessor subclass")
     return cls(context)
 
 
