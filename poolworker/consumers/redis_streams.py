@@ -267,12 +267,17 @@ class RedisStreamsTransport:
 
     # -- receiving -------------------------------------------------------------------------------
     def poll(self, timeout_s: float, max_records: int) -> list[Record]:
-        if self._paused:
-            time.sleep(timeout_s)
-            return []
         wait = self._backoff.waiting()
         if wait:
             time.sleep(min(wait, timeout_s))
+            return []
+        try:
+            self._renew()  # here too, not only in commit: the loop polls every 0.1 s, paused or not
+        except RedisError as exc:
+            self._failed("renewing the claim on", exc)
+            return []
+        if self._paused:
+            time.sleep(timeout_s)
             return []
         try:
             entries: list[tuple[str, list[bytes], int]] = []
