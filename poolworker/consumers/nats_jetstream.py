@@ -1,0 +1,617 @@
+"""The ``nats`` transport: NATS JetStream through nats-py.
+
+Layout (docs/transports/nats.md): the requests, results and DLQ subjects are each captured by a
+JetStream stream (an existing stream that captures the subject is used; else one named after the
+subject, ``.``/``*``/``>`` → ``_``, file storage, is created). All workers share one durable pull
+consumer named ``--group-id`` on the requests stream: explicit ack, ``ack_wait`` =
+``redelivery_timeout_s``, no JetStream ``max_deliver`` limit (the worker's own rule dead-letters a
+record handed out more than ``max_deliveries`` times — a server-side limit would instead park the
+message silently after its last delivery). A request is acked only after its answer's publish
+was acked by JetStream (the ``PubAck``); records in flight get ``+WPI`` (in progress) every third
+of ``ack_wait``, so ``ack_wait`` bounds how long a *dead* worker holds a message, not how long
+a live one may take.
+
+nats-py is asyncio, the ``Transport`` interface is synchronous and called from two threads: one
+event loop runs on a thread this transport owns, and the interface hands it work through
+``asyncio.run_coroutine_threadsafe`` (waited on: poll, lag, start, close) or a batched
+``call_soon_threadsafe`` (not waited on: produce, finish). ``on_acked``/``on_failed`` run on
+the loop's thread.
+
+NATS messages have no key: the key travels as the header ``poolworker-key`` (UTF-8 text) or
+``poolworker-key-b64`` (any other bytes, base64). Header values are UTF-8 text on NATS; headers
+whose names start with ``Nats-`` are JetStream's controls and are never copied onto a record we
+publish (a copied ``Nats-Expected-Stream`` would make the DLQ publish fail forever).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import collections
+import contextlib
+import logging
+import re
+import threading
+import time
+from collections.abc import Callable, Coroutine, Mapping
+from typing import Any
+from urllib.parse import urlsplit
+
+import nats
+import nats.errors
+import nats.js.errors
+from nats.aio.msg import Msg
+from nats.js import api
+
+from ..cache import redact_url
+from ..config import WorkerSettings
+from ..work import Source
+from .transport import Headers, OnRevoked, Record, RecordTooLarge, TransportUnavailable
+
+log = logging.getLogger(__name__)
+
+KEY_HEADER = "poolworker-key"
+KEY_HEADER_B64 = "poolworker-key-b64"
+CONNECT_TIMEOUT_S = 10.0  # the whole first connection (every retry included) before start gives up
+RECONNECT_WAIT_S = 0.5
+API_TIMEOUT_S = 5.0  # JetStream API calls and PubAcks
+CLOSE_TIMEOUT_S = 10.0
+FAILURE_LOG_INTERVAL_S = 5.0
+_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_NOT_IN_NAMES = re.compile(r"[.*>\s/\\]")
+
+
+# ------------------------------------------------------------------------------------------------
+# Names, URLs, headers
+# ------------------------------------------------------------------------------------------------
+def stream_name(subject: str) -> str:
+    """The stream created for ``subject`` when none captures it: ``poolworker.requests`` →
+    ``poolworker_requests`` (stream and consumer names may not hold ``.``, ``*``, ``>``,
+    whitespace or path separators)."""
+    return _NOT_IN_NAMES.sub("_", subject)
+
+
+def server_urls(url: str | None) -> list[str]:
+    """The server list of ``--transport-url`` (comma-separated for a cluster), checked here so a
+    bad URL fails at start with what to write instead."""
+    if not url:
+        raise ValueError("--transport nats needs --transport-url nats://HOST:PORT "
+                         "(nats://USER:PASSWORD@HOST:PORT or nats://TOKEN@HOST:PORT with auth)")
+    urls = [u.strip() for u in url.split(",") if u.strip()]
+    for one in urls:
+        parts = urlsplit(one)
+        try:
+            parts.port  # noqa: B018 - raises on a port that is not a number
+        except ValueError:
+            parts = None
+        if parts is None or parts.scheme not in ("nats", "tls", "ws", "wss") or not parts.hostname:
+            raise ValueError(f"--transport-url {redact_url(one)!r} is not a NATS URL: expected nats://HOST:PORT")
+    return urls
+
+
+def nats_headers(key: bytes | None, headers: Headers) -> dict[str, str] | None:
+    """Our (name, bytes) headers and key as NATS headers (text values; see the module docstring)."""
+    out: dict[str, str] = {}
+    for name, raw in headers:
+        if name.lower().startswith("nats-") or name in (KEY_HEADER, KEY_HEADER_B64) or not _HEADER_NAME.fullmatch(name):
+            continue
+        out[name] = raw.decode("utf-8", "replace") if isinstance(raw, (bytes, bytearray)) else str(raw)
+    if key is not None:
+        try:
+            text = key.decode("utf-8")
+        except UnicodeDecodeError:
+            text = None
+        if text and text == text.strip() and "\r" not in text and "\n" not in text:
+            out[KEY_HEADER] = text
+        else:  # bytes a header value cannot carry as they are (binary, edge whitespace, empty)
+            out[KEY_HEADER_B64] = base64.b64encode(key).decode()
+    return out or None
+
+
+def headers_size(headers: dict[str, str] | None) -> int:
+    """Bytes the header block takes on the wire (``NATS/1.0``, ``name: value`` lines, blank line):
+    the server's ``max_payload`` counts it with the payload."""
+    if not headers:
+        return 0
+    return 12 + sum(len(k) + len(v.encode()) + 4 for k, v in headers.items())
+
+
+def key_and_headers(headers: Mapping[str, str] | None) -> tuple[bytes | None, tuple[tuple[str, bytes], ...]]:
+    """The record key and the remaining headers of a received NATS message."""
+    if not headers:
+        return None, ()
+    key = None
+    if KEY_HEADER_B64 in headers:
+        try:
+            key = base64.b64decode(headers[KEY_HEADER_B64], validate=True)
+        except ValueError:
+            key = headers[KEY_HEADER_B64].encode()
+    elif KEY_HEADER in headers:
+        key = headers[KEY_HEADER].encode()
+    rest = tuple((k, v.encode()) for k, v in headers.items() if k not in (KEY_HEADER, KEY_HEADER_B64))
+    return key, rest
+
+
+# ------------------------------------------------------------------------------------------------
+# The event loop thread
+# ------------------------------------------------------------------------------------------------
+class LoopThread:
+    """One asyncio event loop on a daemon thread, and the two ways synchronous code reaches it:
+    ``run`` (wait for a coroutine's result) and ``call`` (queue a plain function; calls made
+    while the loop is busy share one wake-up, so thousands of acks cost one self-pipe write)."""
+
+    def __init__(self, name: str) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._calls: collections.deque[Callable[[], None]] = collections.deque()
+        self._lock = threading.Lock()
+        self._woken = False
+
+    def start(self) -> LoopThread:
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.run_forever()
+
+    def on_loop(self) -> bool:
+        return threading.current_thread() is self._thread
+
+    def run(self, coro: Coroutine[Any, Any, Any], timeout_s: float) -> Any:
+        """The coroutine's result, waiting at most ``timeout_s`` (then it is cancelled)."""
+        future = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        try:
+            return future.result(timeout_s)
+        except TimeoutError:
+            future.cancel()
+            raise
+
+    def call(self, fn: Callable[[], None]) -> None:
+        with self._lock:
+            self._calls.append(fn)
+            if self._woken:
+                return
+            self._woken = True
+        self.loop.call_soon_threadsafe(self._run_calls)
+
+    def _run_calls(self) -> None:
+        with self._lock:
+            calls, self._calls = self._calls, collections.deque()
+            self._woken = False
+        for fn in calls:
+            try:
+                fn()
+            except Exception:
+                log.exception("nats: a queued call failed")
+
+    def stop(self) -> None:
+        if self._thread.is_alive():
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join(5)
+        if not self._thread.is_alive():
+            self.loop.close()
+
+
+class Throttled:
+    """Logs a recurring failure at most once per interval (a server down for a minute must not
+    write ten log lines a second)."""
+
+    def __init__(self, interval_s: float = FAILURE_LOG_INTERVAL_S) -> None:
+        self.interval_s = interval_s
+        self._last = 0.0
+
+    def warning(self, message: str, *args: object) -> None:
+        now = time.monotonic()
+        if now - self._last >= self.interval_s:
+            self._last = now
+            log.warning(message, *args)
+
+
+async def connect(urls: list[str], name: str, options: dict[str, Any] | None = None) -> nats.NATS:
+    """A connection that reconnects forever once up; the first connection must succeed within
+    ``CONNECT_TIMEOUT_S`` or ``TransportUnavailable`` says why (credentials never printed)."""
+    shown = ", ".join(redact_url(u) for u in urls)
+    last_error: list[BaseException] = []
+    throttled = Throttled()
+
+    async def on_error(exc: BaseException) -> None:
+        last_error[:] = [exc]
+        throttled.warning("nats %s: %s", shown, exc or type(exc).__name__)
+
+    async def on_disconnected() -> None:
+        if not client.is_closed:  # close() disconnects too
+            log.warning("nats: disconnected from %s; reconnecting", shown)
+
+    async def on_reconnected() -> None:
+        log.info("nats: reconnected to %s", shown)
+
+    settings = {"name": name, "allow_reconnect": True, "max_reconnect_attempts": -1, "reconnect_time_wait": RECONNECT_WAIT_S,
+                "connect_timeout": 2, "error_cb": on_error, "disconnected_cb": on_disconnected,
+                "reconnected_cb": on_reconnected, **(options or {})}
+    client = nats.NATS()
+    try:
+        await asyncio.wait_for(client.connect(servers=urls, **settings), CONNECT_TIMEOUT_S)
+    except (TimeoutError, OSError, nats.errors.Error) as exc:
+        cause = last_error[0] if last_error else exc
+        with contextlib.suppress(Exception):
+            await client.close()
+        raise TransportUnavailable(f"cannot connect to NATS at {shown} within {CONNECT_TIMEOUT_S:.0f}s: "
+                                   f"{type(cause).__name__} {cause}".rstrip()) from None
+    return client
+
+
+# ------------------------------------------------------------------------------------------------
+# Streams and the consumer
+# ------------------------------------------------------------------------------------------------
+async def ensure_stream(js, subject: str, *, max_msgs: int | None = None) -> str:
+    """The name of the stream capturing ``subject``, creating one (file storage) when none does."""
+    try:
+        return await js.find_stream_name_by_subject(subject)
+    except nats.js.errors.NotFoundError:
+        pass
+    except nats.js.errors.ServiceUnavailableError:
+        raise TransportUnavailable("JetStream is not enabled on that NATS server (start nats-server with -js)") from None
+    name = stream_name(subject)
+    config = api.StreamConfig(name=name, subjects=[subject], storage=api.StorageType.FILE,
+                              max_msgs=max_msgs if max_msgs is not None else -1)
+    try:
+        await js.add_stream(config)
+    except nats.js.errors.BadRequestError as exc:
+        try:  # a worker starting at the same time created it first
+            return await js.find_stream_name_by_subject(subject)
+        except nats.js.errors.NotFoundError:
+            raise TransportUnavailable(f"cannot create stream {name!r} for subject {subject!r}: {exc.description} "
+                                       f"(another stream of that name captures other subjects: create a stream for "
+                                       f"{subject!r} yourself, under any name)") from None
+    log.info("nats: created stream %s for subject %s", name, subject)
+    return name
+
+
+def consumer_config(settings: WorkerSettings) -> api.ConsumerConfig:
+    """The shared durable pull consumer of the requests subject."""
+    name = stream_name(settings.group_id)
+    return api.ConsumerConfig(
+        name=name, durable_name=name, filter_subject=settings.requests_topic,
+        deliver_policy=api.DeliverPolicy.ALL, ack_policy=api.AckPolicy.EXPLICIT,
+        ack_wait=settings.redelivery_timeout_s,
+        max_deliver=-1,  # the worker dead-letters past max_deliveries; JetStream must never drop first
+        max_ack_pending=-1,  # each worker's max_inflight_requests bounds what it holds
+    )
+
+
+async def ensure_consumer(js, stream: str, config: api.ConsumerConfig) -> None:
+    """Create the durable consumer, or bring an existing one's ack_wait/max_deliver/
+    max_ack_pending to ``config`` (its subject filter cannot change: that is an error)."""
+    try:
+        info = await js.consumer_info(stream, config.durable_name)
+    except nats.js.errors.NotFoundError:
+        info = None
+    if info is not None:
+        have = info.config
+        if have.filter_subject not in (None, "", config.filter_subject):
+            raise TransportUnavailable(f"consumer group {config.durable_name!r} of stream {stream!r} reads "
+                                       f"{have.filter_subject!r}, not {config.filter_subject!r}: choose another --group-id")
+        if (have.ack_wait, have.max_deliver, have.max_ack_pending) == (config.ack_wait, config.max_deliver, config.max_ack_pending):
+            return
+        log.info("nats: updating consumer %s (ack_wait %ss, max_deliver %s)", config.durable_name, config.ack_wait,
+                 config.max_deliver)
+    await js.add_consumer(stream, config)
+
+
+# ------------------------------------------------------------------------------------------------
+# The worker side
+# ------------------------------------------------------------------------------------------------
+class NatsTransport:
+    """``Transport`` over NATS JetStream (see the module docstring)."""
+
+    name = "nats"
+
+    def __init__(self, settings: WorkerSettings, *, on_revoked: OnRevoked) -> None:
+        self.settings = settings
+        self.urls = server_urls(settings.transport_url)
+        self.io: LoopThread | None = None
+        self.nc: nats.NATS | None = None
+        self.js = None
+        self.sub = None
+        self.stream: str | None = None
+        self._inflight: dict[int, Msg] = {}  # stream sequence → message; touched on the loop thread only
+        self._captured: dict[str, bool | float] = {}  # reply subject → True, or when "no stream" was seen
+        self._sent = threading.Condition()
+        self._unacked_sends = 0
+        self._paused = False
+        self._keepalive: asyncio.Task | None = None
+        self._throttled = Throttled()
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    def start(self) -> None:
+        self.io = LoopThread("poolworker-nats").start()
+        try:
+            self.io.run(self._start(), CONNECT_TIMEOUT_S + 4 * API_TIMEOUT_S)
+        except TimeoutError:
+            self.close()
+            raise TransportUnavailable("NATS JetStream did not answer while creating streams and the consumer") from None
+        except BaseException:
+            self.close()
+            raise
+
+    async def _start(self) -> None:
+        s = self.settings
+        self.nc = await connect(self.urls, f"poolworker {s.group_id}")
+        self.js = self.nc.jetstream(timeout=API_TIMEOUT_S)
+        self.stream = await ensure_stream(self.js, s.requests_topic)
+        for subject, limit in ((s.results_topic, s.results_max_len), (s.dlq_topic, None)):
+            await ensure_stream(self.js, subject, max_msgs=limit)
+        config = consumer_config(s)
+        await ensure_consumer(self.js, self.stream, config)
+        self.sub = await self.js.pull_subscribe_bind(durable=config.durable_name, stream=self.stream)
+        self._captured.update({s.results_topic: True, s.dlq_topic: True})
+        self._keepalive = asyncio.get_running_loop().create_task(self._keep_alive(max(0.1, s.redelivery_timeout_s / 3)))
+        log.info("nats: consuming %s (stream %s) as %s, ack_wait %.1fs", s.requests_topic, self.stream,
+                 config.durable_name, s.redelivery_timeout_s)
+
+    def ready(self) -> bool:
+        return self.sub is not None
+
+    def close(self) -> None:
+        if self.io is None:
+            return
+        if self.nc is not None:
+            try:
+                self.io.run(self._close(), CLOSE_TIMEOUT_S)
+            except Exception as exc:  # noqa: BLE001 - unacked records are redelivered anyway
+                log.warning("nats: close did not complete (%s)", exc)
+        self.io.stop()
+        self.io = None
+
+    async def _close(self) -> None:
+        if self._keepalive is not None:
+            self._keepalive.cancel()
+        for msg in list(self._inflight.values()):  # not answered: hand them to the others now, not after ack_wait
+            with contextlib.suppress(Exception):
+                await msg.nak()
+        self._inflight.clear()
+        with contextlib.suppress(Exception):
+            await self.nc.flush(2)
+        await self.nc.close()
+
+    # -- receiving -------------------------------------------------------------------------------
+    def poll(self, timeout_s: float, max_records: int) -> list[Record]:
+        if self._paused or self.sub is None:
+            time.sleep(timeout_s)
+            return []
+        try:
+            msgs = self.io.run(self._fetch(max_records, timeout_s), timeout_s + API_TIMEOUT_S)
+        except Exception as exc:  # noqa: BLE001 - reconnecting: unacked records come back after ack_wait
+            self._throttled.warning("nats: fetch failed (%s: %s); retrying", type(exc).__name__, exc)
+            time.sleep(timeout_s)
+            return []
+        return [self._record(m) for m in msgs]
+
+    async def _fetch(self, batch: int, timeout_s: float) -> list[Msg]:
+        try:
+            msgs = await self.sub.fetch(batch=batch, timeout=timeout_s)
+        except nats.errors.TimeoutError:  # nothing arrived: an empty poll
+            return []
+        for msg in msgs:
+            self._inflight[msg.metadata.sequence.stream] = msg
+        return msgs
+
+    @staticmethod
+    def _record(msg: Msg) -> Record:
+        meta = msg.metadata
+        key, headers = key_and_headers(msg.headers)
+        source = Source(msg.subject, 0, meta.sequence.stream, key, int(meta.timestamp.timestamp() * 1000), headers,
+                        handle=msg, deliveries=meta.num_delivered)
+        return Record(source, msg.data)
+
+    def finish(self, source: Source) -> None:
+        io = self.io
+        if io is not None:
+            io.call(lambda: io.loop.create_task(self._ack(source.handle, source.offset)))
+
+    async def _ack(self, msg: Msg, sequence: int) -> None:
+        if self._inflight.get(sequence) is msg:
+            del self._inflight[sequence]
+        try:
+            await msg.ack()
+        except nats.errors.MsgAlreadyAckdError:
+            pass
+        except Exception as exc:  # noqa: BLE001 - not acked: redelivered after ack_wait, a duplicate
+            self._throttled.warning("nats: ack failed (%s); the request will be redelivered", exc)
+
+    async def _keep_alive(self, interval_s: float) -> None:
+        """``+WPI`` for every record in flight, so a live worker's slow batch is not redelivered."""
+        while True:
+            await asyncio.sleep(interval_s)
+            if not self.nc.is_connected:
+                continue
+            for msg in list(self._inflight.values()):
+                try:
+                    await msg.in_progress()
+                except Exception as exc:  # noqa: BLE001 - the connection dropped; redelivery covers it
+                    self._throttled.warning("nats: in-progress ack failed (%s)", exc)
+                    break
+
+    def commit(self) -> None:
+        """Nothing to do: each record is acked by ``finish`` once its answer is stored."""
+
+    def inflight(self) -> int:
+        return len(self._inflight)
+
+    def pause(self) -> None:
+        self._paused = True
+
+    def resume(self) -> None:
+        self._paused = False
+
+    def lag(self) -> Mapping[tuple[str, int], int]:
+        """Messages of the requests subject not yet delivered to the group (``num_pending``)."""
+        if self.sub is None:
+            return {}
+        try:
+            info = self.io.run(self.sub.consumer_info(), API_TIMEOUT_S)
+        except Exception:  # noqa: BLE001 - unknown right now
+            return {}
+        return {(self.settings.requests_topic, 0): int(info.num_pending or 0)}
+
+    # -- producing -------------------------------------------------------------------------------
+    def produce(self, topic: str, key: bytes | None, value: bytes | None, headers: Headers,
+                on_acked: Callable[[], None], on_failed: Callable[[Exception], None]) -> None:
+        payload = value or b""
+        hdrs = nats_headers(key, headers)
+        size = len(payload) + headers_size(hdrs)
+        limit = self.nc.max_payload if self.nc is not None else 1024 * 1024
+        if size > limit:
+            raise RecordTooLarge(f"{size} bytes exceed the NATS server's max_payload of {limit} bytes")
+        io = self.io
+        if io is None:
+            on_failed(RuntimeError("the nats transport is closed"))
+            return
+        with self._sent:
+            self._unacked_sends += 1
+        io.call(lambda: io.loop.create_task(self._publish(topic, payload, hdrs, on_acked, on_failed)))
+
+    async def _publish(self, topic: str, payload: bytes, headers: dict[str, str] | None,
+                       on_acked: Callable[[], None], on_failed: Callable[[Exception], None]) -> None:
+        try:
+            if await self._is_captured(topic):
+                await self.js.publish(topic, payload, timeout=API_TIMEOUT_S, headers=headers)
+            else:  # a reply subject no stream captures: its live subscribers get it, like NATS request-reply
+                await self.nc.publish(topic, payload, headers=headers)
+                await self.nc.flush(API_TIMEOUT_S)
+        except Exception as exc:  # noqa: BLE001 - the publisher retries; the request stays unacked
+            _run_callback(on_failed, exc)
+        else:
+            _run_callback(on_acked)
+        finally:
+            with self._sent:
+                self._unacked_sends -= 1
+                self._sent.notify_all()
+
+    async def _is_captured(self, subject: str) -> bool:
+        """Whether a stream stores ``subject``; "no" is looked up again after a minute."""
+        known = self._captured.get(subject)
+        if known is True:
+            return True
+        if isinstance(known, float) and time.monotonic() - known < 60:
+            return False
+        try:
+            await self.js.find_stream_name_by_subject(subject)
+        except nats.js.errors.NotFoundError:
+            log.warning("nats: no stream captures reply subject %s; results sent there reach live subscribers only", subject)
+            self._captured[subject] = time.monotonic()
+            return False
+        self._captured[subject] = True
+        return True
+
+    def flush(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        with self._sent:
+            while self._unacked_sends and (left := deadline - time.monotonic()) > 0:
+                self._sent.wait(left)
+
+
+def _run_callback(fn: Callable[..., None], *args: object) -> None:
+    try:
+        fn(*args)
+    except Exception:
+        log.exception("nats: a produce callback failed")
+
+
+# ------------------------------------------------------------------------------------------------
+# The client side
+# ------------------------------------------------------------------------------------------------
+SEND_RETRY_S = 30.0  # how long a client keeps retrying one request's publish (server restarting)
+
+
+class NatsChannel:
+    """``ClientChannel`` over NATS: requests are JetStream publishes (acked, retried for up to
+    ``SEND_RETRY_S``); results are read by a core-NATS subscription to the results subject made
+    here, so every result published from now on is seen (none stored earlier). ``options`` go
+    to ``nats.connect`` (``user_credentials``, ``tls``, ...)."""
+
+    def __init__(self, servers: str, *, results_topic: str, options: dict) -> None:
+        self.urls = server_urls(servers)
+        self.io = LoopThread("poolclient-nats").start()
+        self._results: collections.deque[bytes] = collections.deque()
+        self._arrived = threading.Condition()
+        self._sent = threading.Condition()
+        self._unacked = 0
+        self._failures: list[Exception] = []
+        try:
+            self.io.run(self._open(results_topic, options), CONNECT_TIMEOUT_S + API_TIMEOUT_S)
+        except BaseException:
+            self.io.stop()
+            raise
+
+    async def _open(self, results_topic: str, options: dict) -> None:
+        self.nc = await connect(self.urls, "poolworker client", options)
+        self.js = self.nc.jetstream(timeout=API_TIMEOUT_S)
+        await self.nc.subscribe(results_topic, cb=self._on_result)
+        await self.nc.flush(API_TIMEOUT_S)  # the server has the subscription before the first send
+
+    async def _on_result(self, msg: Msg) -> None:
+        with self._arrived:
+            self._results.append(msg.data)
+            self._arrived.notify_all()
+
+    def send(self, topic: str, key: bytes | None, value: bytes, headers: Headers) -> None:
+        with self._sent:
+            self._unacked += 1
+        hdrs = nats_headers(key, headers)
+        io = self.io
+        io.call(lambda: io.loop.create_task(self._send(topic, value, hdrs)))
+
+    async def _send(self, topic: str, value: bytes, headers: dict[str, str] | None) -> None:
+        deadline = time.monotonic() + SEND_RETRY_S
+        try:
+            while True:
+                try:
+                    await self.js.publish(topic, value, timeout=API_TIMEOUT_S, headers=dict(headers) if headers else None)
+                    return
+                except Exception as exc:  # noqa: BLE001 - retried until the deadline, then reported by flush
+                    if time.monotonic() > deadline or self.nc.is_closed:
+                        log.error("nats: request to %s not stored: %s", topic, exc)
+                        self._failures.append(exc)
+                        return
+                    await asyncio.sleep(0.5)
+        finally:
+            with self._sent:
+                self._unacked -= 1
+                self._sent.notify_all()
+
+    def flush(self, timeout_s: float) -> None:
+        """Wait for every send's PubAck; raises if one could not be stored."""
+        deadline = time.monotonic() + timeout_s
+        with self._sent:
+            while self._unacked and (left := deadline - time.monotonic()) > 0:
+                self._sent.wait(left)
+        if self._failures:
+            failures, self._failures = self._failures, []
+            raise RuntimeError(f"{len(failures)} request(s) were not stored by JetStream: {failures[0]!r} "
+                               "(does a stream capture the requests subject? is a worker running?)")
+
+    def receive(self, timeout_s: float) -> list[bytes]:
+        with self._arrived:
+            if not self._results:
+                self._arrived.wait(timeout_s)
+            out = list(self._results)
+            self._results.clear()
+        return out
+
+    def close(self) -> None:
+        try:
+            self.io.run(self._close(), CLOSE_TIMEOUT_S)
+        except Exception as exc:  # noqa: BLE001
+            log.warning("nats: client close did not complete (%s)", exc)
+        self.io.stop()
+
+    async def _close(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.nc.flush(2)
+        await self.nc.close()
+
+
+__all__ = ["KEY_HEADER", "KEY_HEADER_B64", "LoopThread", "NatsChannel", "NatsTransport", "connect", "ensure_stream",
+           "key_and_headers", "nats_headers", "server_urls", "stream_name"]
