@@ -89,13 +89,14 @@ FAMILIES: dict[str, Family] = {f.name: f for f in [
 ]}
 
 
-def word_tokenizer(words: tuple[str, ...]):
-    """``builders.byte_level_tokenizer`` plus merges that make each of ``words`` one token (the
-    "no" / "yes" a reranker's score is read from), built letter by letter."""
+def _byte_bpe(words: tuple[str, ...], specials: list[str]):
+    """A byte-level BPE model (the 256 byte symbols) with merges that make each of ``words`` one
+    token, built letter by letter, and ``specials`` added as special tokens."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
 
-    vocab = {sym: i for i, sym in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
+    vocab = {sym: i for i, sym in enumerate(specials)}
+    for sym in sorted(pre_tokenizers.ByteLevel.alphabet()):
+        vocab[sym] = len(vocab)
     merges = []
     for word in words:
         for end in range(2, len(word) + 1):
@@ -104,9 +105,32 @@ def word_tokenizer(words: tuple[str, ...]):
     tok = Tokenizer(models.BPE(vocab=vocab, merges=merges))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens(specials)
+    return tok
+
+
+def word_tokenizer(words: tuple[str, ...]):
+    """``builders.byte_level_tokenizer`` plus merges that make each of ``words`` one token (the
+    "no" / "yes" a reranker's score is read from)."""
+    from transformers import PreTrainedTokenizerFast
+
+    tok = _byte_bpe(words, [])
     tok.add_special_tokens([builders.EOS_TOKEN])
     return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=builders.EOS_TOKEN, pad_token=builders.EOS_TOKEN,
                                    padding_side="left", model_max_length=512)
+
+
+def xlmr_tokenizer():
+    """An XLM-R-shaped tokenizer: <s> 0, <pad> 1, </s> 2, <unk> 3, every text framed as
+    ``<s> ... </s>`` (what bge-m3's tokenizer does), byte-level BPE in between."""
+    from tokenizers import processors
+    from transformers import PreTrainedTokenizerFast
+
+    tok = _byte_bpe(("kafka", "the", "log"), ["<s>", "<pad>", "</s>", "<unk>"])
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A </s>", pair="<s> $A </s> </s> $B </s>",
+                                                       special_tokens=[("<s>", 0), ("</s>", 2)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", cls_token="<s>", eos_token="</s>",
+                                   sep_token="</s>", pad_token="<pad>", unk_token="<unk>", model_max_length=512)
 
 
 def _config(family: Family, task: str, tokenizer) -> transformers.PretrainedConfig:

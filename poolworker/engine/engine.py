@@ -31,6 +31,7 @@ from .loading import LoadedModel, load_model
 from .outputs import (
     ClassificationOutput,
     EmbeddingOutput,
+    MultiPoolingOutput,
     PoolingOutput,
     RequestOutput,
     RerankResult,
@@ -47,7 +48,7 @@ from .prompts import (
     resolve_truncation,
 )
 from .resolve import DEFAULT_MODEL
-from .runner import Runner
+from .runner import Packed, Runner
 from .score_template import ScoreTemplate, resolve_score_template
 
 _KIND_REASONS = {
@@ -116,7 +117,7 @@ class Engine:
     def _supported_tasks(self) -> tuple[str, ...]:
         kind = self.model.kind
         if kind is ModelKind.EMBED:
-            return ("embed", "token_embed")
+            return ("embed", "token_embed", "token_classify") if self.model.bge_m3 is not None else ("embed", "token_embed")
         if kind is ModelKind.SPLADE:
             return ("embed",)
         heads = self.model.heads
@@ -307,11 +308,55 @@ class Engine:
         if task == "classify":
             return list(self.pooler.classify_head(self.runner.pool(ids, self.pooler.pool_sequences, use_tqdm=use_tqdm), params))
         packed = self.runner.forward(ids, use_tqdm=use_tqdm)
+        return self._token_outputs(task, packed, params)
+
+    def _token_outputs(self, task: str, packed: Packed, params: HeadParams) -> list[torch.Tensor]:
         rows = self.pooler.pool_tokens(packed)
-        if task == "token_embed":
-            return [self.pooler.token_embed_head(r, params) for r in rows]
         token_ids = kernels.split_segments(packed.input_ids, packed.cu_seqlens)
+        if task == "token_embed":
+            return [self.pooler.token_embed_head(r, params, t) for r, t in zip(rows, token_ids)]
         return [self.pooler.token_classify_head(r, t, params) for r, t in zip(rows, token_ids)]
+
+    def check_multi(self, pooling_tasks: object, *, dimensions: object = None, use_activation: object = None) -> tuple[tuple[str, ...], HeadParams]:
+        """Validate a request for several tasks at once (``compute_many``): distinct supported
+        tasks; ``dimensions`` applies to the embedding tasks among them."""
+        if not isinstance(pooling_tasks, (list, tuple)) or not pooling_tasks:
+            raise InvalidInputType("pooling_tasks must be a non-empty list of task names", "pooling_tasks")
+        if len(set(pooling_tasks)) != len(pooling_tasks):
+            raise InvalidInput(f"pooling_tasks names a task twice: {list(pooling_tasks)}", "pooling_tasks")
+        embed_tasks = [t for t in pooling_tasks if t in ("embed", "token_embed")]
+        for task in pooling_tasks:
+            self.check_options(task, dimensions=dimensions if task in embed_tasks else None, use_activation=use_activation)
+        if dimensions is not None and not embed_tasks:
+            raise InvalidInput("dimensions applies to embed and token_embed, and neither is asked for", "dimensions")
+        return tuple(pooling_tasks), HeadParams(dimensions if dimensions is not None else self.pooler_config.dimensions, use_activation)  # type: ignore[arg-type]
+
+    @torch.inference_mode()
+    def compute_many(self, tasks: Sequence[str], ids: list[list[int]], params: HeadParams,
+                     use_tqdm: bool = False) -> list[MultiPoolingOutput]:
+        """Several tasks' outputs per prompt from **one** forward pass: the hidden states are
+        computed once and every head runs on them (bge-m3's dense + sparse + ColBERT). Inputs are
+        at most ``max_model_len`` tokens (no chunked processing here)."""
+        if not ids:
+            return []
+        packed = self.runner.forward(ids, use_tqdm=use_tqdm)
+        data: list[dict[str, torch.Tensor]] = [{} for _ in ids]
+        for task in tasks:
+            if task in ("embed", "classify"):
+                pooled = self.pooler.pool_sequences(packed)
+                head = self.pooler.embed_head if task == "embed" else self.pooler.classify_head
+                values = list(head(pooled, params))
+            else:
+                values = self._token_outputs(task, packed, params)
+            for out, value in zip(data, values):
+                out[task] = value
+        lexical: list[dict[int, float] | None] = [None] * len(ids)
+        bge_m3 = self.model.bge_m3
+        if bge_m3 is not None and "token_classify" in tasks:
+            rows = self.pooler.pool_tokens(packed)
+            token_ids = kernels.split_segments(packed.input_ids, packed.cu_seqlens)
+            lexical = [bge_m3.lexical_weights(r.to(self.model.dtype), t) for r, t in zip(rows, token_ids)]
+        return [MultiPoolingOutput(d, w) for d, w in zip(data, lexical)]
 
     def _pool_chunked(self, ids: list[list[int]], use_tqdm: bool) -> torch.Tensor:
         """Sequence pooling, splitting inputs longer than max_model_len into chunks whose pooled
@@ -352,6 +397,26 @@ class Engine:
         ids = self.tokenize(prompts, pooling_task=task, truncate_prompt_tokens=truncate_prompt_tokens, truncation_side=truncation_side)
         data = self.compute(task, ids, params, use_tqdm)
         return [RequestOutput(str(i), PoolingOutput(d.cpu()), x) for i, (d, x) in enumerate(zip(data, ids))]
+
+    def encode_multi(
+        self,
+        prompts: str | Sequence[Prompt],
+        *,
+        pooling_tasks: Sequence[str],
+        truncate_prompt_tokens: int | None = None,
+        truncation_side: str | None = None,
+        dimensions: int | None = None,
+        use_activation: bool | None = None,
+        use_tqdm: bool = True,
+    ) -> list[RequestOutput[MultiPoolingOutput]]:
+        """Several tasks per prompt from one forward pass (e.g. bge-m3's ``["embed",
+        "token_embed", "token_classify"]``: dense, ColBERT and sparse). Each ``data[task]`` equals
+        what ``encode`` gives for that task alone."""
+        tasks, params = self.check_multi(pooling_tasks, dimensions=dimensions, use_activation=use_activation)
+        trunc = self.truncation(truncate_prompt_tokens, truncation_side)
+        ids = self._tokenize(prompts, "token_embed", trunc)  # any task but chunked embed: at most max_model_len
+        outs = self.compute_many(tasks, ids, params, use_tqdm)
+        return [RequestOutput(str(i), o, x) for i, (o, x) in enumerate(zip(outs, ids))]
 
     def embed(
         self,

@@ -29,6 +29,7 @@ from transformers.models.auto.modeling_auto import (
     MODEL_FOR_MASKED_LM_MAPPING_NAMES,
 )
 
+from .bge_m3 import BGE_M3_FAMILIES, BgeM3Heads, load_bge_m3_heads
 from .conversion import (
     ModelKind,
     UnsupportedArchitectureError,
@@ -48,6 +49,7 @@ from .heads import (
     transformers_heads,
 )
 from .overrides import (
+    BGE_M3_ARCHITECTURE,
     TokenClassifierSpec,
     apply_hf_overrides,
     parse_hf_overrides,
@@ -93,6 +95,8 @@ class LoadedModel:
     # family's head, or the family's whole transformers classifier (heads.py).
     head_path: HeadPath = HeadPath.POOLED_ROWS
     head_description: str = ""
+    # bge-m3's sparse and ColBERT heads (``hf_overrides`` architectures BgeM3EmbeddingModel).
+    bge_m3: BgeM3Heads | None = None
 
     @property
     def num_labels(self) -> int:
@@ -164,7 +168,7 @@ def _fingerprint(path: Path, config: PretrainedConfig, dtype: torch.dtype) -> st
     h = hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True, default=str).encode())
     h.update(str(dtype).encode())
     for f in sorted(path.rglob("*")):
-        if f.is_file() and f.suffix in (".safetensors", ".bin", ".json", ".txt", ".model"):
+        if f.is_file() and f.suffix in (".safetensors", ".bin", ".pt", ".json", ".txt", ".model"):
             with f.open("rb") as fh:
                 h.update(f"{f.relative_to(path)}:".encode() + hashlib.file_digest(fh, "sha256").digest())
     return h.hexdigest()[:32]
@@ -254,6 +258,7 @@ def load_model(
 
     heads: ClassifierHeads | None = None
     mlm_head: nn.Module | None = None
+    bge_m3: BgeM3Heads | None = None
     load = {"use_safetensors": use_safetensors, "trust_remote_code": trust_remote_code}
     head_description = "hidden states → pooler (method × Dense / Matryoshka / normalize)"
     if from_token is not None:
@@ -287,6 +292,13 @@ def load_model(
     else:
         backbone = _load_module(_embed_class(model_type), path, **load, unused_ok=("pooler",))
         keep = backbone
+        if architecture == BGE_M3_ARCHITECTURE:
+            if model_type not in BGE_M3_FAMILIES:
+                raise UnsupportedArchitectureError(architecture, model_type, kind, sorted(BGE_M3_FAMILIES))
+            bge_m3 = load_bge_m3_heads(path, tokenizer, int(config.hidden_size), allow_pickle=allow_pickle)
+            keep = nn.ModuleList([backbone, bge_m3.modules()])
+            head_description = ("bge-m3: dense = CLS → normalize; sparse = relu(sparse_linear) per token; "
+                                "ColBERT = colbert_linear per token after BOS → normalize")
 
     dev = pick_device(device)
     torch_dtype = pick_dtype(dtype, config, dev)
@@ -324,6 +336,7 @@ def load_model(
         forward_path=forward_path,
         head_path=heads.path if heads is not None else HeadPath.POOLED_ROWS,
         head_description=head_description,
+        bge_m3=bge_m3,
     )
 
 

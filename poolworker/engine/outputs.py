@@ -37,6 +37,16 @@ class PoolingOutput:
     data: torch.Tensor
 
 
+@dataclass(frozen=True)
+class MultiPoolingOutput:
+    """Several tasks' outputs of one prompt from one forward pass (``Engine.encode_multi``):
+    ``data[task]`` as ``PoolingOutput.data`` would hold it; ``lexical_weights`` is bge-m3's
+    sparse output (token id → weight) when ``token_classify`` was asked of a bge-m3 model."""
+
+    data: dict[str, torch.Tensor]
+    lexical_weights: dict[int, float] | None = None
+
+
 T = TypeVar("T")
 
 

@@ -146,8 +146,9 @@ class Pooler:
         normalize = self.normalize_default if params.use_activation is None else params.use_activation
         return kernels.normalize_and_cut(x, params.dimensions, normalize)
 
-    def token_embed_head(self, rows: torch.Tensor, params: HeadParams) -> torch.Tensor:
-        x = self._project(rows)
+    def token_embed_head(self, rows: torch.Tensor, params: HeadParams, token_ids: torch.Tensor) -> torch.Tensor:
+        bge_m3 = self.model.bge_m3
+        x = self._project(rows) if bge_m3 is None else bge_m3.colbert_rows(rows.to(self.model.dtype), token_ids).float()
         normalize = True if params.use_activation is None else params.use_activation
         return kernels.normalize_and_cut(x, params.dimensions, normalize)
 
@@ -166,6 +167,8 @@ class Pooler:
         return (self._score_act if for_score else self._classify_act)(logits)
 
     def token_classify_head(self, rows: torch.Tensor, token_ids: torch.Tensor, params: HeadParams) -> torch.Tensor:
+        if self.model.bge_m3 is not None:
+            return self._sparse_head(rows, token_ids, params)
         logits = self.model.heads.token(rows.to(self.model.dtype)).float()
         if self.tok_pooling == "STEP":
             if self.config.returned_token_ids:
@@ -176,6 +179,13 @@ class Pooler:
         if params.use_activation is False or (params.use_activation is None and self.config.use_activation is False):
             return logits
         return self._classify_act(logits)
+
+    def _sparse_head(self, rows: torch.Tensor, token_ids: torch.Tensor, params: HeadParams) -> torch.Tensor:
+        """bge-m3's token weights: relu of the sparse head (its activation), BOS/EOS rows left out."""
+        logits = self.model.bge_m3.sparse_rows(rows.to(self.model.dtype), token_ids).float()  # type: ignore[union-attr]
+        if params.use_activation is False or (params.use_activation is None and self.config.use_activation is False):
+            return logits
+        return torch.relu(logits)
 
 
 __all__ = ["HeadParams", "Pooler"]
