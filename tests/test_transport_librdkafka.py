@@ -13,17 +13,17 @@ import pytest
 
 pytest.importorskip("confluent_kafka")
 
-from confluent_kafka import Consumer, Producer, TopicPartition  # noqa: E402
+from confluent_kafka import Consumer, Producer, TopicPartition
+from streaming import RunningWorker, worker_settings
 
-from poolworker.broker import free_port  # noqa: E402
-from poolworker.cache import make_cache  # noqa: E402
-from poolworker.client import PoolClient  # noqa: E402
-from poolworker.consumers import librdkafka  # noqa: E402
-from poolworker.consumers.librdkafka import LibrdkafkaTransport, translate_options  # noqa: E402
-from poolworker.consumers.transport import TransportUnavailable  # noqa: E402
-from poolworker.metrics import Metrics  # noqa: E402
-from poolworker.worker import Worker  # noqa: E402
-from streaming import RunningWorker, worker_settings  # noqa: E402
+from poolworker.broker import free_port
+from poolworker.cache import make_cache
+from poolworker.client import PoolClient
+from poolworker.consumers import librdkafka
+from poolworker.consumers.librdkafka import LibrdkafkaTransport, translate_options
+from poolworker.consumers.transport import TransportUnavailable
+from poolworker.metrics import Metrics
+from poolworker.worker import Worker
 
 ATOL = 1e-6
 TRANSPORT = "kafka-librdkafka"

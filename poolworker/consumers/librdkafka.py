@@ -27,7 +27,14 @@ import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka import (
+    OFFSET_INVALID,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Producer,
+    TopicPartition,
+)
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from ..cache import redact_url
@@ -100,18 +107,9 @@ KAFKA_PYTHON_TO_LIBRDKAFKA: dict[str, tuple[str, Callable[[Any], Any]]] = {
 #: Properties only one client role accepts (from librdkafka's CONFIGURATION.md, the "C/P" column);
 #: every other property is global and reaches consumer, producer and admin client alike.
 _PRODUCER_ONLY = frozenset(
-    "acks batch.num.messages batch.size compression.codec compression.level compression.type delivery.report.only.error "
-    "delivery.timeout.ms enable.gapless.guarantee enable.idempotence linger.ms message.send.max.retries message.timeout.ms "
-    "partitioner produce.offset.report queue.buffering.backpressure.threshold queue.buffering.max.kbytes "
-    "queue.buffering.max.messages queue.buffering.max.ms queuing.strategy request.required.acks request.timeout.ms retries "
-    "sticky.partitioning.linger.ms transaction.timeout.ms transactional.id message.max.bytes".split())
+    ["acks", "batch.num.messages", "batch.size", "compression.codec", "compression.level", "compression.type", "delivery.report.only.error", "delivery.timeout.ms", "enable.gapless.guarantee", "enable.idempotence", "linger.ms", "message.send.max.retries", "message.timeout.ms", "partitioner", "produce.offset.report", "queue.buffering.backpressure.threshold", "queue.buffering.max.kbytes", "queue.buffering.max.messages", "queue.buffering.max.ms", "queuing.strategy", "request.required.acks", "request.timeout.ms", "retries", "sticky.partitioning.linger.ms", "transaction.timeout.ms", "transactional.id", "message.max.bytes"])
 _CONSUMER_ONLY = frozenset(
-    "auto.commit.enable auto.commit.interval.ms auto.offset.reset check.crcs consume.callback.max.messages "
-    "coordinator.query.interval.ms enable.auto.commit enable.auto.offset.store enable.partition.eof fetch.error.backoff.ms "
-    "fetch.max.bytes fetch.message.max.bytes fetch.min.bytes fetch.queue.backoff.ms fetch.wait.max.ms group.id "
-    "group.instance.id group.protocol group.protocol.type group.remote.assignor heartbeat.interval.ms isolation.level "
-    "max.partition.fetch.bytes max.poll.interval.ms offset.store.method partition.assignment.strategy "
-    "queued.max.messages.kbytes queued.min.messages session.timeout.ms".split())
+    ["auto.commit.enable", "auto.commit.interval.ms", "auto.offset.reset", "check.crcs", "consume.callback.max.messages", "coordinator.query.interval.ms", "enable.auto.commit", "enable.auto.offset.store", "enable.partition.eof", "fetch.error.backoff.ms", "fetch.max.bytes", "fetch.message.max.bytes", "fetch.min.bytes", "fetch.queue.backoff.ms", "fetch.wait.max.ms", "group.id", "group.instance.id", "group.protocol", "group.protocol.type", "group.remote.assignor", "heartbeat.interval.ms", "isolation.level", "max.partition.fetch.bytes", "max.poll.interval.ms", "offset.store.method", "partition.assignment.strategy", "queued.max.messages.kbytes", "queued.min.messages", "session.timeout.ms"])
 # message.max.bytes is global in librdkafka, but it is kafka-python's max_request_size: a producer
 # limit. Given to the consumer it would cap what the worker can *read*, so only the producer gets it.
 _ROLE_SPECIFIC = _PRODUCER_ONLY | _CONSUMER_ONLY
@@ -259,7 +257,7 @@ class _DeliveryPump:
         while not self._stop.is_set():
             try:
                 self.producer.poll(PUMP_POLL_S)
-            except Exception:  # noqa: BLE001 - a callback's failure must not stop the acks of the others
+            except Exception:
                 log.exception("a delivery callback failed")
 
     def stop(self) -> None:
