@@ -21,6 +21,7 @@ from .cache import ResultCache, cache_key, decode_value, is_null
 from .engine import Engine
 from .engine.errors import EngineError, UnsupportedTask
 from .engine.prompts import Truncation
+from .metrics import Metrics
 from .protocol import (
     ErrorInfo,
     InvalidRequest,
@@ -30,6 +31,7 @@ from .protocol import (
 )
 from .tasks import (
     ItemResult,
+    Renderer,
     ModelCall,
     ModelInput,
     Plan,
@@ -109,6 +111,7 @@ class Preparer:
         allowed_reply_topics: str | None,
         max_request_bytes: int,
         max_items_per_request: int,
+        metrics: Metrics | None = None,
     ) -> None:
         self.engines = dict(engines)
         self.cache = cache
@@ -117,6 +120,8 @@ class Preparer:
         self.reply_pattern = re.compile(allowed_reply_topics) if allowed_reply_topics else None
         self.max_request_bytes = max_request_bytes
         self.max_items = max_items_per_request
+        self.metrics = metrics
+        self._renderers: dict[str, Renderer] = {}  # per model name, made on its first request
 
     def prepare(self, records: Sequence[tuple[Source, bytes | None]]) -> list[Prepared | DeadLetter]:
         """One outcome per record, in record order."""
@@ -138,6 +143,9 @@ class Preparer:
         except InvalidRequest as exc:
             return Prepared(source, exc.request_id or source.label, exc.task, exc.model, self._reply_topic(exc.reply_to),
                             exc.metadata, error=exc.error)
+        if self.metrics is not None:
+            for name in request.ignored:
+                self.metrics.ignored_field(name)
         draft = _Draft(source, request, self.results_topic)
         reply = request.reply_to
         if reply is not None and reply != self.results_topic:
@@ -172,7 +180,7 @@ class Preparer:
             return
         draft.model, draft.engine = name, engine
         try:
-            draft.plan = plan_request(request)
+            draft.plan = plan_request(request, self._renderer(name, engine))
             draft.call, draft.truncation = model_call(engine, draft.plan)
         except InvalidRequest as exc:
             draft.error = exc.error
@@ -187,6 +195,12 @@ class Preparer:
             scope = draft.call.pooling_task or f"score:{draft.call.mode}"
             fingerprint = engine.model.fingerprint
             draft.cache_keys = [cache_key(fingerprint, scope, draft.plan.options, item.key_payload()) for item in items]
+
+    def _renderer(self, name: str, engine: Engine) -> Renderer:
+        renderer = self._renderers.get(name)
+        if renderer is None:
+            renderer = self._renderers[name] = Renderer(engine)
+        return renderer
 
     # -- the whole poll -----------------------------------------------------------------------------
     def _look_up(self, drafts: list[_Draft]) -> None:

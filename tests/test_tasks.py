@@ -87,7 +87,8 @@ def test_embed_items_follow_the_prompt_forms(given, items):
 def test_encode_plan_carries_every_output_changing_option_sorted():
     work = plan(request(task="embed", input="x", dimensions=64, truncation_side="left", encoding_format="base64"))
     assert work.engine_call == "encode" and work.pooling_task == "embed"
-    assert work.options == (("dimensions", 64), ("truncate_prompt_tokens", None), ("truncation_side", "left"), ("use_activation", None))
+    assert work.options == (("add_special_tokens", True), ("dimensions", 64), ("padding", None), ("truncate_prompt_tokens", None),
+                            ("truncation_side", "left"), ("use_activation", None))
     # encoding_format changes the body, not the engine's output: same group, same cache scope
     assert plan(request(task="embed", input="y", dimensions=64, truncation_side="left")).group_key() == work.group_key()
     assert plan(request(task="embed", input="y", dimensions=32, truncation_side="left")).group_key() != work.group_key()
@@ -113,7 +114,7 @@ def test_score_pairs_one_vs_n_and_n_vs_n():
     work = plan(request(task="score", text_1="q", text_2=["a", "b"], use_activation=False))
     assert work.engine_call == "score" and work.pooling_task is None
     assert work.items == (Item("q", "a"), Item("q", "b"))
-    assert work.options == (("truncate_prompt_tokens", None), ("use_activation", False))
+    assert work.options == (("padding", None), ("truncate_prompt_tokens", None), ("truncation_side", None), ("use_activation", False))
     assert plan(request(task="score", text_1=["q"], text_2="a")).items == (Item("q", "a"),)
     assert plan(request(task="score", queries=["q1", "q2"], documents=["a", "b"])).items == (Item("q1", "a"), Item("q2", "b"))
 
@@ -201,8 +202,8 @@ def test_embed_body_from_arrays_encodes_to_the_same_json_as_from_lists():
     vectors = [np.array([0.5, -2.0], dtype=np.float32), np.array([0.25, 1.0], dtype=np.float32)]
     body = assemble(req, plan(req), [ItemResult(v, 3) for v in vectors], model="m")
     assert encode_message(body) == (
-        b'{"object":"list","model":"m","data":[{"object":"embedding","index":0,"embedding":[0.5,-2.0]},'
-        b'{"object":"embedding","index":1,"embedding":[0.25,1.0]}],"usage":{"prompt_tokens":6,"total_tokens":6}}'
+        b'{"id":"t-1","object":"list","model":"m","data":[{"object":"embedding","index":0,"embedding":[0.5,-2.0]},'
+        b'{"object":"embedding","index":1,"embedding":[0.25,1.0]}],"usage":{"prompt_tokens":6,"total_tokens":6},"warnings":[]}'
     )
     from_lists = assemble(req, plan(req), [ItemResult(v.tolist(), 3) for v in vectors], model="m")
     assert encode_message(from_lists) == encode_message(body)
@@ -212,10 +213,14 @@ def test_token_matrix_from_an_array_is_rows_in_json_and_flattened_in_base64():
     matrix = np.array([[0.5, 1.5], [-1.0, 2.0], [0.0, 4.0]], dtype=np.float32)
     req = request(task="token_embed", input="a")
     body = assemble(req, plan(req), [ItemResult(matrix, 3)], model="m")
-    assert json.loads(encode_message(body))["data"] == [{"object": "pooling", "index": 0, "data": [[0.5, 1.5], [-1.0, 2.0], [0.0, 4.0]]}]
+    # vLLM's token-embedding servers answer in the embeddings shape, the matrix as the embedding
+    assert json.loads(encode_message(body))["data"] == [{"object": "embedding", "index": 0, "embedding": [[0.5, 1.5], [-1.0, 2.0], [0.0, 4.0]]}]
     req = request(task="token_embed", input="a", encoding_format="base64")
     body = assemble(req, plan(req), [ItemResult(matrix, 3)], model="m")
-    assert decode_f32(body["data"][0]["data"]) == [0.5, 1.5, -1.0, 2.0, 0.0, 4.0]
+    assert decode_f32(body["data"][0]["embedding"]) == [0.5, 1.5, -1.0, 2.0, 0.0, 4.0]
+    req = request(task="pooling", pooling_task="token_embed", input="a")  # /pooling keeps its own shape
+    body = assemble(req, plan(req), [ItemResult(matrix, 3)], model="m")
+    assert json.loads(encode_message(body))["data"] == [{"object": "pooling", "index": 0, "data": [[0.5, 1.5], [-1.0, 2.0], [0.0, 4.0]]}]
 
 
 def test_classify_from_arrays_takes_the_first_best_label():
@@ -249,9 +254,9 @@ def test_token_embed_body_equals_engine_encode(engine):
     body, results = respond(engine, request(task="token_embed", input=DOCS[:2]))
     expected = engine.encode(DOCS[:2], pooling_task="token_embed", use_tqdm=False)
     for got, want in zip(body["data"], expected):
-        assert got["object"] == "pooling"
-        assert plain(got["data"]) == plain(want.outputs.data)
-        assert len(got["data"]) == want.num_prompt_tokens  # one row per token
+        assert got["object"] == "embedding"
+        assert plain(got["embedding"]) == plain(want.outputs.data)
+        assert len(got["embedding"]) == want.num_prompt_tokens  # one row per token
     assert body["usage"]["prompt_tokens"] == sum(r.num_tokens for r in results) == sum(o.num_prompt_tokens for o in expected)
 
 
@@ -259,7 +264,7 @@ def test_token_embed_base64_is_the_flattened_matrix(engine):
     body, _ = respond(engine, request(task="token_embed", input=DOCS[0], encoding_format="base64"))
     matrix = engine.encode(DOCS[0], pooling_task="token_embed", use_tqdm=False)[0].outputs.data.tolist()
     flat = [x for row in matrix for x in row]
-    assert close(decode_f32(body["data"][0]["data"]), flat)
+    assert close(decode_f32(body["data"][0]["embedding"]), flat)
 
 
 def test_pooling_without_a_pooling_task_uses_the_model_default(engine):
@@ -332,16 +337,16 @@ def test_score_n_vs_n_scores_each_pair(engine):
 SCORES = [0.2, 0.9, -0.5, 0.9, 0.4]
 
 
-def expected_ranking(scores: list[float], top_n: int | None) -> list[int]:
+def expected_ranking(scores: list[float], top_n: int) -> list[int]:
     """Best first; equal scores keep document order."""
     ranked: list[int] = []
     for i, s in enumerate(scores):
         at = next((k for k, j in enumerate(ranked) if scores[j] < s), len(ranked))
         ranked.insert(at, i)
-    return ranked[:top_n]
+    return ranked[:top_n or None]  # vLLM: 0 means all; more than the documents means all
 
 
-@pytest.mark.parametrize("top_n", [None, 1, 3, 5])
+@pytest.mark.parametrize("top_n", [0, 1, 3, 5, 7])
 @pytest.mark.parametrize("return_documents", [True, False])
 def test_rerank_sorts_cuts_and_echoes(top_n, return_documents):
     docs = [f"doc {i}" for i in range(len(SCORES))]

@@ -8,8 +8,9 @@ batch form the streaming worker uses: one tokenizer call for a whole poll, one o
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from .errors import EngineError, InvalidInput, InvalidInputType
 
@@ -61,10 +62,16 @@ def token_id_error(ids: Sequence[int], vocab_size: int, where: str) -> InvalidIn
 
 @dataclass(frozen=True)
 class Truncation:
-    """A resolved truncation request: keep at most ``max_tokens`` (None = no truncation)."""
+    """How texts become token ids: keep at most ``max_tokens`` (None = no truncation) from
+    ``side``; add the model's special tokens or not (vLLM's ``add_special_tokens``: chat
+    templates write their own); pad every text to ``pad_to`` tokens (vLLM's
+    ``padding="max_length"``, for models trained on fixed-length input). Hashable: requests
+    whose texts tokenize alike share one tokenizer call."""
 
     max_tokens: int | None
     side: str
+    special_tokens: bool = True
+    pad_to: int | None = None
 
 
 def resolve_truncation(truncate_prompt_tokens: object, truncation_side: object, max_model_len: int, default_side: str) -> Truncation:
@@ -102,16 +109,18 @@ class PromptTokenizer:
     def default_side(self) -> str:
         return getattr(self.tokenizer, "truncation_side", "right")
 
-    def _min_tokens(self, pair: bool) -> int:
-        return self.tokenizer.num_special_tokens_to_add(pair) + 1
+    def _min_tokens(self, pair: bool, special_tokens: bool) -> int:
+        return (self.tokenizer.num_special_tokens_to_add(pair) if special_tokens else 0) + 1
 
     def _call(self, first: list[str], second: list[str] | None, trunc: Truncation) -> dict:
         if self.lowercase:
             first = [t.lower() for t in first]
             second = None if second is None else [t.lower() for t in second]
-        kwargs = {"truncation": trunc.max_tokens is not None, "verbose": False}
+        kwargs = {"truncation": trunc.max_tokens is not None, "verbose": False, "add_special_tokens": trunc.special_tokens}
+        if trunc.pad_to is not None:
+            kwargs.update(padding="max_length", max_length=trunc.pad_to)
         if trunc.max_tokens is not None:
-            if trunc.max_tokens < self._min_tokens(second is not None):
+            if trunc.max_tokens < self._min_tokens(second is not None, trunc.special_tokens):
                 raise InvalidInput(
                     f"truncate_prompt_tokens={trunc.max_tokens} leaves no room for text after the model's special tokens",
                     "truncate_prompt_tokens",
@@ -150,6 +159,43 @@ class PromptTokenizer:
         ids = [list(x) for x in encoded["input_ids"]]
         types = [list(x) for x in encoded.get("token_type_ids", [[0] * len(x) for x in ids])]
         return ids, types
+
+
+    # -- text before tokenization ------------------------------------------------------------------
+    @property
+    def has_chat_template(self) -> bool:
+        return bool(getattr(self.tokenizer, "chat_template", None))
+
+    def render_chat(self, conversation: list[dict], where: str, *, add_generation_prompt: bool = False,
+                    continue_final_message: bool = False, template_kwargs: Mapping[str, Any] | None = None) -> str:
+        """One conversation → the prompt text the model's chat template makes of it (vLLM
+        renders chat input this way for pooling models too). No template, or a template that
+        fails on this conversation, is the caller's ``InvalidInput`` named by ``where``."""
+        if not self.has_chat_template:
+            raise InvalidInput(f"{where}: this model's tokenizer has no chat template, so it cannot take chat messages; "
+                               "send the text as input instead", where)
+        kwargs = dict(template_kwargs or {})
+        kwargs.update(add_generation_prompt=add_generation_prompt, continue_final_message=continue_final_message)
+        try:
+            text = self.tokenizer.apply_chat_template(conversation, tokenize=False, **kwargs)
+        except Exception as exc:  # jinja2 errors, raise_exception() in templates, bad continue_final_message
+            raise InvalidInput(f"{where}: the chat template failed on this conversation: {exc}", where) from None
+        return text if isinstance(text, str) else str(text)
+
+    def cut_text(self, text: str, max_tokens: int) -> str:
+        """``text`` cut at a character boundary to at most ``max_tokens`` tokens of content (no
+        special tokens), as vLLM's ``max_tokens_per_query``/``max_tokens_per_doc`` cut a score
+        side before the pair is built. Cutting at the token's character offsets, not decoding
+        ids, keeps the text exactly as the caller wrote it; a cut can merge tokens differently,
+        so it repeats until the text fits."""
+        while text:
+            encoded = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
+            offsets = encoded["offset_mapping"]
+            if len(offsets) <= max_tokens:
+                return text
+            end = min(offsets[max_tokens - 1][1], offsets[max_tokens][0]) if max_tokens > 0 else 0
+            text = text[: min(end, len(text) - 1)]
+        return text
 
 
 def raise_first(outcomes: Sequence[object]) -> None:

@@ -265,8 +265,8 @@ def parse_request(
     if removed is not None:
         raise InvalidRequest(removed, **_recover(body, tags, suspect))
     fields = dict(body)
-    form, warnings = split_fields(fields)
-    fields.update(form=form, warnings=tuple(warnings))
+    form, ignored = split_fields(fields)
+    fields.update(form=form, ignored=tuple(ignored), warnings=tuple(ignored.values()))
     try:
         return PoolingRequest.model_validate(fields, context={"max_items": max_items})
     except ValidationError as exc:

@@ -86,24 +86,24 @@ def form_of(body: Mapping[str, Any]) -> Form:
     return "completion"
 
 
-def split_fields(body: dict[str, Any]) -> tuple[Form, list[str]]:
+def split_fields(body: dict[str, Any]) -> tuple[Form, dict[str, str]]:
     """Drop from ``body`` (in place) the fields its task's vLLM request class does not read;
-    return the body's form and one warning per dropped field, in body order. An unknown task
-    drops nothing: validation reports the task itself."""
+    return the body's form and, per dropped field in body order, the warning naming it. An
+    unknown task drops nothing: validation reports the task itself."""
     form = form_of(body)
     task = body.get("task")
     by_form = _BY_TASK.get(task) if isinstance(task, str) else None
     if by_form is None:
-        return form, []
+        return form, {}
     known = by_form.get(form)
     if known is None:  # a chat body for a task without a chat form: the messages are the problem
-        return form, []
+        return form, {}
     if form == "chat":
         known = known | {"input"}
-    warnings = []
+    warnings = {}
     for name in [k for k in body if k not in known and k not in ENVELOPE]:
         del body[name]
-        warnings.append(_warning(name, body["task"], form))
+        warnings[name] = _warning(name, task, form)
     return form, warnings
 
 

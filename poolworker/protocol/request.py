@@ -153,8 +153,8 @@ class PoolingRequest(BaseModel):
       ``output_dimension``) and the truncation fields (from ``truncate``/``max_tokens``),
       ``form == "cohere"``.
 
-    ``warnings`` is set by ``parse_request`` (the ignored fields), never by the caller: it is in
-    no task's field set, so a body's own ``warnings`` is itself dropped as unknown.
+    ``ignored``/``warnings`` are set by ``parse_request`` (the dropped fields, and a sentence on
+    each), never by the caller: they are in no task's field set, so a body's own is dropped too.
     """
 
     model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
@@ -164,6 +164,7 @@ class PoolingRequest(BaseModel):
     task: Task
     model: Annotated[str, Field(min_length=1, max_length=512)] | None = None
     form: Literal["completion", "chat", "cohere"] = "completion"
+    ignored: tuple[str, ...] = ()  # the names of the fields dropped, for the metric
     warnings: tuple[str, ...] = ()
     # inputs
     input: Prompts | None = None

@@ -5,7 +5,8 @@ The split exists for the streaming worker: between the two it batches items acro
 serves some from the cache and runs the rest through the engine (``engine_calls``).
 """
 
-from .bodies import assemble, float32_base64
+from .bodies import assemble, vector_key
+from .encoding import BINARY_FORMATS, binary_result, float32_base64, to_bytes
 from .engine_calls import (
     ModelCall,
     ModelInput,
@@ -16,8 +17,14 @@ from .engine_calls import (
 )
 from .items import Item, ItemResult, Plan
 from .planning import item_labels, plan, score_pairs
+from .rendering import Renderer
 
 __all__ = [
+    "BINARY_FORMATS",
+    "Renderer",
+    "binary_result",
+    "to_bytes",
+    "vector_key",
     "Item",
     "ItemResult",
     "ModelCall",

@@ -1,16 +1,16 @@
 """``assemble``: per-item results → the task's vLLM response body.
 
-Bodies are deterministic (no ``created`` timestamp, no random id) so that a replayed request
-yields a byte-identical result, which at-least-once delivery relies on.
+Bodies are deterministic (no ``created`` timestamp, no random id: ``id`` is the request id) so
+that a replayed request yields a byte-identical result, which at-least-once delivery relies on.
 
-Vectors and matrices stay numpy arrays in the body when the engine gave arrays:
-``protocol.encode_message`` writes them in C, so no stage spends Python work per float. Plain
-lists (older callers) are accepted everywhere and go out unchanged.
+Vectors and matrices stay numpy arrays in the body when the engine gave arrays and the format
+is ``float`` (or ``bytes``: the publisher writes them as the record value, see
+``encoding.binary_result``): ``protocol.encode_message`` writes them in C, so no stage spends
+Python work per float. Plain lists (older callers) are accepted everywhere.
 """
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -18,6 +18,7 @@ import numpy as np
 
 from poolworker.protocol import PoolingRequest
 
+from .encoding import encode_json
 from .items import ItemResult, Plan
 
 # What ``ItemResult.data`` may hold: a score; a float32 vector (1-D) or token matrix (2-D, one row
@@ -25,14 +26,8 @@ from .items import ItemResult, Plan
 ItemData = float | np.ndarray | list[float] | list[list[float]]
 
 
-def float32_base64(data: ItemData) -> str:
-    """Standard base64 of the values as little-endian float32, rows flattened in order (what
-    vLLM clients decode with ``np.frombuffer(b64decode(s), dtype="<f4")``)."""
-    return base64.b64encode(np.asarray(data, dtype="<f4").tobytes()).decode("ascii")
-
-
-def _encoded(data: ItemData, encoding_format: str) -> ItemData | str:
-    return float32_base64(data) if encoding_format == "base64" else data
+def _encoded(request: PoolingRequest, data: ItemData) -> ItemData | str:
+    return encode_json(data, request.encoding_format, request.embed_dtype, request.endianness)
 
 
 def _usage(results: Sequence[ItemResult]) -> dict[str, int]:
@@ -40,11 +35,9 @@ def _usage(results: Sequence[ItemResult]) -> dict[str, int]:
     return {"prompt_tokens": tokens, "total_tokens": tokens}
 
 
-def _embed(request: PoolingRequest, results: Sequence[ItemResult]) -> list[dict[str, Any]]:
-    return [
-        {"object": "embedding", "index": i, "embedding": _encoded(r.data, request.encoding_format)}
-        for i, r in enumerate(results)
-    ]
+def _embeddings(request: PoolingRequest, results: Sequence[ItemResult]) -> list[dict[str, Any]]:
+    """vLLM's embeddings shape; for ``token_embed`` each ``embedding`` is the token matrix."""
+    return [{"object": "embedding", "index": i, "embedding": _encoded(request, r.data)} for i, r in enumerate(results)]
 
 
 def _classify(results: Sequence[ItemResult], id2label: Mapping[int, str] | None) -> list[dict[str, Any]]:
@@ -74,10 +67,7 @@ def _describe(data: object) -> str:
 
 
 def _pooling(request: PoolingRequest, results: Sequence[ItemResult]) -> list[dict[str, Any]]:
-    return [
-        {"object": "pooling", "index": i, "data": _encoded(r.data, request.encoding_format)}
-        for i, r in enumerate(results)
-    ]
+    return [{"object": "pooling", "index": i, "data": _encoded(request, r.data)} for i, r in enumerate(results)]
 
 
 def _scores(results: Sequence[ItemResult]) -> list[float]:
@@ -90,7 +80,8 @@ def _scores(results: Sequence[ItemResult]) -> list[float]:
 
 
 def _rerank(request: PoolingRequest, results: Sequence[ItemResult]) -> list[dict[str, Any]]:
-    """Best first; ties keep document order (a stable sort), so equal scores rank reproducibly."""
+    """Best first; ties keep document order (a stable sort), so equal scores rank reproducibly.
+    ``top_n`` as vLLM: 0 (the default) or more than the documents means all of them."""
     scores = _scores(results)
     documents = request.documents or []
     order = sorted(range(len(scores)), key=lambda i: -scores[i])[: request.top_n or len(scores)]
@@ -103,6 +94,34 @@ def _rerank(request: PoolingRequest, results: Sequence[ItemResult]) -> list[dict
     return ranked
 
 
+def _cohere(request: PoolingRequest, results: Sequence[ItemResult]) -> dict[str, Any]:
+    """vLLM's ``/v2/embed`` answer: the vectors once per requested ``embedding_types``."""
+    vectors = [r.data for r in results]
+    embeddings = {kind: _COHERE_TYPES[kind](vectors) for kind in request.embedding_types or ["float"]}
+    tokens = sum(r.num_tokens for r in results)
+    return {"id": request.request_id, "embeddings": embeddings, "texts": request.texts,
+            "meta": {"api_version": {"version": "2"}, "billed_units": {"input_tokens": tokens, "image_tokens": 0}},
+            "response_type": "embeddings_by_type"}
+
+
+def _packed_bits(vectors: list[ItemData], signed: bool) -> np.ndarray:
+    """One bit per dimension (1 where the value is ≥ 0), eight to a byte, first dimension in
+    the high bit; ``binary`` is the same bytes read as signed (minus 128), as Cohere defines."""
+    array = np.asarray(vectors, dtype=np.float32)
+    if array.shape[-1] % 8:
+        raise ValueError(f"binary embedding types need a dimension divisible by 8, got {array.shape[-1]}")
+    packed = np.packbits(array >= 0, axis=-1)
+    return packed.astype(np.int16) - 128 if signed else packed
+
+
+_COHERE_TYPES = {
+    "float": lambda vectors: vectors,
+    "binary": lambda vectors: _packed_bits(vectors, signed=True),
+    "ubinary": lambda vectors: _packed_bits(vectors, signed=False),
+    "base64": lambda vectors: [encode_json(v, "base64", "float32", "little") for v in vectors],
+}
+
+
 def assemble(
     request: PoolingRequest,
     plan: Plan,
@@ -112,20 +131,36 @@ def assemble(
     id2label: Mapping[int, str] | None = None,
 ) -> dict[str, Any]:
     """The vLLM response body for ``request`` from one ``ItemResult`` per ``plan.items`` entry,
-    in the same order. ``id2label`` names classify labels (the model config's); without it, or
-    for an index it lacks, the label is the class index as a string."""
+    in the same order, with ``warnings`` (the fields the request's task ignored). ``id2label``
+    names classify labels (the model config's); without it, or for an index it lacks, the
+    label is the class index as a string."""
     if len(results) != len(plan.items):
         raise ValueError(f"assemble got {len(results)} results for {len(plan.items)} items")
+    body = _body(request, results, model, id2label)
+    body["warnings"] = list(request.warnings)
+    return body
+
+
+def _body(request: PoolingRequest, results: Sequence[ItemResult], model: str,
+          id2label: Mapping[int, str] | None) -> dict[str, Any]:
     usage = _usage(results)
     task = request.task
+    head = {"id": request.request_id, "object": "list", "model": model}
+    if request.form == "cohere":
+        return _cohere(request, results)
     if task == "rerank":
-        return {"model": model, "results": _rerank(request, results), "usage": usage}
+        return {"id": request.request_id, "model": model, "results": _rerank(request, results), "usage": usage}
     if task == "score":
         data = [{"object": "score", "index": i, "score": s} for i, s in enumerate(_scores(results))]
-    elif task == "embed":
-        data = _embed(request, results)
+    elif task in ("embed", "token_embed"):
+        data = _embeddings(request, results)
     elif task == "classify":
         data = _classify(results, id2label)
-    else:  # token_embed, token_classify, reward, pooling
+    else:  # token_classify, reward, pooling
         data = _pooling(request, results)
-    return {"object": "list", "model": model, "data": data, "usage": usage}
+    return {**head, "data": data, "usage": usage}
+
+
+def vector_key(request: PoolingRequest) -> str:
+    """Where a body built by ``assemble`` keeps each item's array: ``embedding`` or ``data``."""
+    return "embedding" if request.task in ("embed", "token_embed") else "data"

@@ -14,7 +14,7 @@ only path.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
@@ -68,6 +68,8 @@ def model_call(engine: Engine, plan: Plan) -> tuple[ModelCall, Truncation]:
     """The call and truncation for ``plan`` on ``engine``; raises the options' ``EngineError``."""
     options = plan.option_dict()
     truncation = engine.truncation(options.get("truncate_prompt_tokens"), options.get("truncation_side"))
+    pad_to = (truncation.max_tokens or engine.max_model_len) if options.get("padding") == "max_length" else None
+    truncation = replace(truncation, special_tokens=options.get("add_special_tokens", True) is not False, pad_to=pad_to)
     if plan.engine_call == "score":
         mode: Mode = engine.check_score()  # type: ignore[assignment]
         activation = options.get("use_activation") if mode == "cross-encoder" else None  # as Engine.score

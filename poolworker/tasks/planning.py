@@ -9,6 +9,7 @@ from __future__ import annotations
 from poolworker.protocol import ErrorInfo, InvalidRequest, PoolingRequest
 
 from .items import Item, Plan, Scalar
+from .rendering import Renderer
 
 # The pooling task behind each encode-style task; "pooling" takes its own from the request.
 _ENCODE_TASKS = {
@@ -20,12 +21,14 @@ _ENCODE_TASKS = {
 }
 
 # Options that change an item's output, per engine call: they scope batching and the cache.
-_ENCODE_OPTIONS = ("dimensions", "truncate_prompt_tokens", "truncation_side", "use_activation")
-_SCORE_OPTIONS = ("truncate_prompt_tokens", "use_activation")
+# (Chat rendering, instructions and per-side cuts change the item's text itself, so the text
+# carries them.)
+_ENCODE_OPTIONS = ("dimensions", "truncate_prompt_tokens", "truncation_side", "use_activation", "padding")
+_SCORE_OPTIONS = ("truncate_prompt_tokens", "truncation_side", "use_activation", "padding")
 
 
-def _options(request: PoolingRequest, names: tuple[str, ...]) -> tuple[tuple[str, Scalar], ...]:
-    return tuple(sorted((name, getattr(request, name)) for name in names))
+def _options(request: PoolingRequest, names: tuple[str, ...], **resolved: Scalar) -> tuple[tuple[str, Scalar], ...]:
+    return tuple(sorted([(name, getattr(request, name)) for name in names] + list(resolved.items())))
 
 
 def _prompt_items(prompts: str | list) -> tuple[Item, ...]:
@@ -64,18 +67,41 @@ def score_pairs(request: PoolingRequest) -> list[tuple[str, str]]:
     return list(zip(firsts, seconds))
 
 
-def plan(request: PoolingRequest) -> Plan:
-    """The engine work for ``request``; raises ``InvalidRequest`` for semantic errors."""
+def plan(request: PoolingRequest, renderer: Renderer | None = None) -> Plan:
+    """The engine work for ``request``; raises ``InvalidRequest`` for semantic errors and the
+    renderer's ``EngineError`` for input its model cannot take (no chat template, an unknown
+    ``input_type``). ``renderer`` (the model's) is needed only for chat, Cohere ``input_type``
+    and per-side score limits."""
     if request.task in ("score", "rerank"):
-        items = tuple(Item(first, second) for first, second in score_pairs(request))
+        pairs = score_pairs(request)
+        if request.max_tokens_per_query or request.max_tokens_per_doc:
+            pairs = _needed(renderer).cut_pairs(request, pairs)
+        items = tuple(Item(first, second) for first, second in pairs)
         return Plan("score", None, _options(request, _SCORE_OPTIONS), items)
     pooling_task = request.pooling_task if request.task == "pooling" else _ENCODE_TASKS[request.task]
-    return Plan("encode", pooling_task, _options(request, _ENCODE_OPTIONS), _prompt_items(request.input))  # type: ignore[arg-type]
+    options = _options(request, _ENCODE_OPTIONS, add_special_tokens=request.special_tokens)
+    return Plan("encode", pooling_task, options, _prompt_items(_prompts(request, renderer)))
+
+
+def _prompts(request: PoolingRequest, renderer: Renderer | None) -> str | list:
+    if request.form == "chat":
+        return _needed(renderer).conversations(request)
+    if request.form == "cohere" and request.input_type is not None:
+        return _needed(renderer).cohere_texts(request)
+    return request.input  # type: ignore[return-value]
+
+
+def _needed(renderer: Renderer | None) -> Renderer:
+    if renderer is None:
+        raise TypeError("this request needs its model's Renderer to be planned")
+    return renderer
 
 
 def item_labels(request: PoolingRequest, work: Plan) -> list[str]:
     """The request field each item came from (``input[3]``, ``documents[0]``), so an error
     about one item names what the caller must fix."""
+    if work.engine_call == "encode" and request.form == "chat":
+        return ["messages"] if len(work.items) == 1 else [f"messages[{i}]" for i in range(len(work.items))]
     if work.engine_call == "encode":
         prompts = request.input
         single = isinstance(prompts, str) or (bool(prompts) and isinstance(prompts[0], int))  # type: ignore[index]
