@@ -79,6 +79,19 @@ class RedisStreamsPeer:
         self.server.start()
         self.url = self.server.url()
         self.client = redis.Redis.from_url(self.url, protocol=2, socket_timeout=30)
+        self._wait_loaded()
+
+    def _wait_loaded(self, timeout_s: float = 30) -> None:
+        """Until the server serves commands: it answers -LOADING while it replays the AOF."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                self.client.ping()
+                return
+            except redis.BusyLoadingError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
 
     def worker_settings(self) -> dict[str, Any]:
         return {"transport": self.transport, "transport_url": self.url}
@@ -128,6 +141,7 @@ class RedisStreamsPeer:
         self.server.stop()
         time.sleep(down_s)
         self.server.start()
+        self._wait_loaded()
 
     def stop(self) -> None:
         self.client.close()
