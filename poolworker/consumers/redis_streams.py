@@ -257,7 +257,7 @@ class RedisStreamsTransport:
         entry (its name is never used again); else leave them to be claimed."""
         if self.client is None:
             return
-        self.commit()
+        self._acknowledge()  # even inside a backoff pause: each entry XACKed now is one less replayed
         try:
             if not self.client.xpending_range(self.stream, self.group, min="-", max="+", count=1, consumername=self.consumer):
                 self.client.xgroup_delconsumer(self.stream, self.group, self.consumer)
@@ -400,22 +400,21 @@ class RedisStreamsTransport:
     def commit(self) -> None:
         """XACK every finished entry in one call, and renew this worker's claim on the entries
         it is still working on. Failures are logged and retried on the next call."""
-        if self.client is None:
-            return
+        if self.client is not None and not self._backoff.waiting():  # down: poll's backoff says when to try again
+            self._acknowledge()
+
+    def _acknowledge(self) -> None:
         with self._lock:
             done, self._to_ack = self._to_ack, []
-        if done:
-            try:
-                self.client.xack(self.stream, self.group, *done)
-            except RedisError as exc:
-                with self._lock:
-                    self._to_ack[:0] = done
-                log.warning("redis-streams: XACK of %d entries on %s failed (%s); will retry", len(done), self.stream, exc)
-                return
         try:
+            if done:
+                self.client.xack(self.stream, self.group, *done)
+                done = []
             self._renew()
         except RedisError as exc:
-            log.warning("redis-streams: renewing %s's claim on its entries failed (%s); will retry", self.consumer, exc)
+            with self._lock:
+                self._to_ack[:0] = done
+            self._failed(f"acknowledging {len(done)} entries of" if done else "renewing the claim on", exc)
 
     def _renew(self) -> None:
         """Reset the idle time of the entries in flight here (XCLAIM JUSTID counts no delivery),
