@@ -190,10 +190,16 @@ def test_tei_routes_with_huggingface_hub(stack, http, engines, monkeypatch):
     assert response.status_code == 422 and response.json()["error_type"] == "Validation"
 
 
-def test_cohere_client_rerank(stack, engines):
+def test_cohere_client_embed_and_rerank(stack, engines, minilm_st):
     import cohere
 
     client = cohere.ClientV2(api_key="unused", base_url=stack["url"])
+    # input_type is a required argument; MiniLM defines no task instructions, so it can only be None
+    embedded = client.embed(model="minilm", texts=TEXTS[:2], input_type=None, embedding_types=["float"])
+    assert embedded.id.startswith("embd-")
+    for got, ref in zip(embedded.embeddings.float_, minilm_st.encode(TEXTS[:2])):
+        assert cosine(got, ref) >= 0.99999
+
     response = client.rerank(model="cross", query="which is a fruit?", documents=TEXTS, top_n=2)
     reference = engines["cross"].rerank("which is a fruit?", TEXTS, top_n=2)
     assert [r.index for r in response.results] == [r.index for r in reference]

@@ -18,6 +18,9 @@ from .errors import bad_request
 
 #: Result fields that belong to the pool's envelope, not to vLLM's body.
 ENVELOPE = ("request_id", "task", "metadata", "error", "warnings")
+#: Body fields the gateway writes itself: vLLM's id is per HTTP call (its prefix, the caller's
+#: ``X-Request-Id``), ``created`` the time of the answer.
+_PER_CALL = ("id", "created")
 
 Shape = Literal["list", "rerank", "cohere"]
 
@@ -52,6 +55,8 @@ ROUTES: dict[str, Route] = {
     "/pooling": POOLING,
 }
 
+# vLLM's raw-bytes encodings: the answer is the bare array, its metadata in a header.
+_RAW_FORMATS = ("bytes", "bytes_only")
 # Which body fields name a score request's two sides (vLLM's name pairs).
 _SCORE_FIELDS = ("text_1", "text_2", "queries", "items", "data_1", "data_2")
 
@@ -81,6 +86,10 @@ def pool_request(route: Route, body: Mapping[str, Any], default_model: str | Non
     default model when the body names none. On ``/pooling`` vLLM's body field ``task`` (the
     pooling task) is the contract's ``pooling_task``; ``request_id`` and ``reply_to`` are the
     gateway's, never the caller's."""
+    if body.get("encoding_format") in _RAW_FORMATS:
+        raise bad_request(f"encoding_format {body['encoding_format']!r} is not served over this gateway yet (the pool's raw-bytes "
+                          "results carry their shapes in record headers, which it does not read); use 'base64' with the same "
+                          "embed_dtype and endianness", "encoding_format")
     fields = {k: v for k, v in body.items() if k not in ("request_id", "reply_to")}
     if route is POOLING and "task" in fields:
         fields.setdefault("pooling_task", fields.pop("task"))
@@ -115,7 +124,7 @@ def _rerank_results(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def response_body(route: Route, result: Mapping[str, Any], response_id: str, *, created: int | None = None) -> dict[str, Any]:
     """The pool's (successful) result as vLLM's response body for ``route``."""
-    body = {k: v for k, v in result.items() if k not in ENVELOPE}
+    body = {k: v for k, v in result.items() if k not in ENVELOPE and k not in _PER_CALL}
     if route.shape == "rerank":
         results = body.pop("results", [])
         usage = body.pop("usage", None) or {}
