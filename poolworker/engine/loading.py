@@ -56,6 +56,7 @@ from .overrides import (
     token_classifier_spec,
 )
 from .packed import FORWARD_ENV, build_packed, forced_generic, packed_support
+from .pylate import check_pylate
 from .resolve import resolve_model_path
 from .st_config import STModules, load_projector, read_st_modules
 from .weights import require_loadable
@@ -255,6 +256,8 @@ def load_model(
     use_safetensors = require_loadable(path, allow_pickle=allow_pickle)
     st = read_st_modules(path)
     tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+    limit = _max_model_len(config, st, tokenizer, max_model_len)
+    check_pylate(path, limit)
 
     heads: ClassifierHeads | None = None
     mlm_head: nn.Module | None = None
@@ -326,7 +329,7 @@ def load_model(
         projector=projector,
         st=st,
         is_decoder=_is_decoder(config),
-        max_model_len=_max_model_len(config, st, tokenizer, max_model_len),
+        max_model_len=limit,
         vocab_size=int(backbone.get_input_embeddings().num_embeddings),
         device=dev,
         dtype=torch_dtype,
