@@ -19,8 +19,8 @@ from collections.abc import Callable
 
 from ..cache import ResultCache, encode_value, is_null
 from ..metrics import Metrics
-from ..protocol import ErrorInfo, encode_message, result_message
-from ..tasks import assemble
+from ..protocol import ErrorInfo, PoolingRequest, encode_message, result_message
+from ..tasks import BINARY_FORMATS, assemble, binary_result, vector_key
 from ..work import DeadLetter, Finished, Prepared
 from .transport import RecordTooLarge, Transport
 
@@ -117,24 +117,30 @@ class Publisher:
         p = finished.prepared
         error = finished.error
         value = None
+        extra: list[tuple[str, bytes]] = []
         if error is None:
             try:
                 body = assemble(p.request, p.plan, finished.results, model=p.model, id2label=p.labels)  # type: ignore[arg-type]
-                value = encode_message(result_message(request_id=p.request_id, task=p.task, model=p.model,
-                                                      metadata=p.metadata, body=body))
+                message = result_message(request_id=p.request_id, task=p.task, model=p.model, metadata=p.metadata, body=body)
+                if p.request.encoding_format in BINARY_FORMATS and "data" in body:  # type: ignore[union-attr]
+                    value, extra = _binary_record(p.request, message)  # type: ignore[arg-type]
+                else:
+                    value = encode_message(message)
             except Exception as exc:
                 log.exception("could not shape the result of %s", p.request_id)
                 error = ErrorInfo(type="internal_error", message=f"could not build the result: {type(exc).__name__}")
         if error is not None:
             value = encode_message(result_message(request_id=p.request_id, task=p.task, model=p.model,
                                                   metadata=p.metadata, error=error))
-        self._send_result(p, value, error, len(finished.results), finished.num_tokens)
+        self._send_result(p, value, error, len(finished.results), finished.num_tokens, [] if error is not None else extra)
         return error is None
 
-    def _send_result(self, p: Prepared, value: bytes, error: ErrorInfo | None, items: int, tokens: int) -> None:
+    def _send_result(self, p: Prepared, value: bytes, error: ErrorInfo | None, items: int, tokens: int,
+                     extra_headers: list[tuple[str, bytes]] | None = None) -> None:
         status = "ok" if error is None else "error"
         headers = [("status", status.encode()), ("request_id", p.request_id.encode("utf-8", "replace"))]
         headers += [(k, v.encode()) for k, v in (("task", p.task), ("model", p.model)) if isinstance(v, str)]
+        headers += extra_headers or []
 
         def acked() -> None:
             self.transport.finish(p.source)
@@ -220,6 +226,18 @@ class Publisher:
         timer = threading.Timer(RETRY_DELAY_S, again)
         timer.daemon = True
         timer.start()
+
+
+def _binary_record(request: PoolingRequest, message: dict) -> tuple[bytes, list[tuple[str, bytes]]]:
+    """A ``bytes``/``bytes_only`` result (docs/contract.md): the record value is every item's
+    array, raw, one after the other; ``content-type`` says so. ``bytes`` adds a ``metadata``
+    header: the rest of the result message as JSON (vLLM's bytes metadata, with each item's
+    ``start``/``end``/``shape``, plus our envelope); ``bytes_only`` sends no metadata."""
+    value, metadata = binary_result(message, vector_key(request), request.embed_dtype, request.endianness)
+    headers = [("content-type", b"application/octet-stream"), ("encoding_format", request.encoding_format.encode())]
+    if request.encoding_format == "bytes":
+        headers.append(("metadata", encode_message(metadata)))
+    return value, headers
 
 
 __all__ = ["Publisher"]

@@ -104,8 +104,9 @@ def item_labels(request: PoolingRequest, work: Plan) -> list[str]:
         return ["messages"] if len(work.items) == 1 else [f"messages[{i}]" for i in range(len(work.items))]
     if work.engine_call == "encode":
         prompts = request.input
+        field = "texts" if request.form == "cohere" else "input"
         single = isinstance(prompts, str) or (bool(prompts) and isinstance(prompts[0], int))  # type: ignore[index]
-        return ["input"] if single else [f"input[{i}]" for i in range(len(work.items))]
+        return [field] if single else [f"{field}[{i}]" for i in range(len(work.items))]
     field = "documents" if request.task == "rerank" else "text_2"
     if isinstance(getattr(request, field), str):
         return [field] * len(work.items)
