@@ -96,7 +96,7 @@ def test_scores_match_the_model_card_computation(name, tied, causal_lm, Engine):
     expected = _card_scores(path, name, QUERY, DOCS)
     info = engine.describe()
     assert info["score_mode"] == "cross-encoder" and info["score_template"] == "qwen3-reranker"
-    assert "'yes'" in info["head"] and info["head_path"] == "pooled-rows"
+    assert "'yes'" in info["head"] and info["head_path"] == "pooled-rows" and info["hf_overrides"]["architectures"] == [arch]
     got = torch.tensor([o.outputs.score for o in engine.score(QUERY, DOCS, use_tqdm=False)])
     assert (got - expected).abs().max().item() <= ATOL, (got, expected)
     alone = torch.tensor([engine.score(QUERY, d, use_tqdm=False)[0].outputs.score for d in DOCS])
@@ -118,6 +118,17 @@ def test_classify_is_the_yes_minus_no_logit_at_the_last_token(causal_lm, Engine)
     assert (raw - expected).abs().max().item() <= ATOL
     probs = torch.tensor([engine.classify([t], use_tqdm=False)[0].outputs.probs[0] for t in DOCS])
     assert (probs - torch.sigmoid(expected)).abs().max().item() <= ATOL
+
+
+def test_templated_prompts_are_never_truncated(causal_lm, Engine):
+    """Truncating a rendered prompt would cut the turn the score is read after: an error instead."""
+    from poolworker.engine.errors import InputTooLong
+
+    engine = Engine(str(causal_lm("qwen3")), device="cpu", hf_overrides=QWEN3_RERANKER)
+    full = engine.score(QUERY, DOCS[0], use_tqdm=False)[0]
+    assert engine.score(QUERY, DOCS[0], truncate_prompt_tokens=-1, use_tqdm=False)[0].outputs.score == full.outputs.score
+    assert_clean_error(lambda: engine.score(QUERY, DOCS[0], truncate_prompt_tokens=len(full.prompt_token_ids) - 1),
+                       "not truncated", types=(InputTooLong,))
 
 
 def test_no_post_processing_gives_the_token_logits(causal_lm, Engine):

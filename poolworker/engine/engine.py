@@ -37,6 +37,7 @@ from .outputs import (
     RerankResult,
     ScoringOutput,
 )
+from .overrides import parse_hf_overrides
 from .pooler_config import POOLING_TASKS, PoolerConfig
 from .poolers import HeadParams, Pooler
 from .prompts import (
@@ -95,6 +96,7 @@ class Engine:
             pooler_config = PoolerConfig(**pooler_config)
         self.pooler_config = pooler_config or PoolerConfig()
         self.model_name = str(model)
+        self.hf_overrides = parse_hf_overrides(hf_overrides)
         self.model: LoadedModel = load_model(
             str(model),
             convert=convert,
@@ -103,7 +105,7 @@ class Engine:
             max_model_len=max_model_len,
             trust_remote_code=trust_remote_code,
             allow_pickle=allow_pickle,
-            hf_overrides=hf_overrides,
+            hf_overrides=self.hf_overrides,
         )
         self.score_template: ScoreTemplate | None = resolve_score_template(score_template, self.model.config)
         self.pooler = Pooler(self.model, self.pooler_config)
@@ -180,6 +182,7 @@ class Engine:
             "forward_path": m.forward_path,
             "head_path": m.head_path.value,
             "head": m.head_description,
+            "hf_overrides": self.hf_overrides or None,
             "score_template": self.score_template.name if self.score_template is not None else None,
             "device": str(m.device),
             "dtype": str(m.dtype).removeprefix("torch."),
@@ -262,10 +265,20 @@ class Engine:
 
     def _tokenize_templated(self, firsts: Sequence[str], seconds: Sequence[str], labels: Sequence[str],
                             truncation: Truncation) -> list[tuple[list[int], list[int]] | EngineError]:
+        """Each pair rendered by the score template, then tokenized as one prompt. A rendered
+        prompt is never truncated: cutting it would drop the template's end (the turn the score
+        is read after) or its start, and answer a different question; it is an error instead."""
         template: ScoreTemplate = self.score_template  # type: ignore[assignment]
         texts = [template.render(q, d) for q, d in zip(firsts, seconds)]
-        encoded = self.tokenize_each(texts, labels, pooling_task="classify", truncation=truncation)
-        return [x if isinstance(x, EngineError) else (x, [0] * len(x)) for x in encoded]
+        encoded = self.tokenize_each(texts, labels, pooling_task="classify", truncation=Truncation(None, truncation.side))
+        out: list[tuple[list[int], list[int]] | EngineError] = []
+        for x, where in zip(encoded, labels):
+            if not isinstance(x, EngineError) and truncation.max_tokens is not None and len(x) > truncation.max_tokens:
+                x = InputTooLong(
+                    f"{where} has {len(x)} tokens after the score template, more than truncate_prompt_tokens="
+                    f"{truncation.max_tokens}; templated prompts are not truncated (it would cut the template)", where)
+            out.append(x if isinstance(x, EngineError) else (x, [0] * len(x)))
+        return out
 
     def _tokenize(self, prompts: object, task: str, trunc: Truncation, field: str = "prompts") -> list[list[int]]:
         listed = normalize_prompts(prompts, field)
