@@ -398,3 +398,80 @@ def test_plan_is_a_frozen_value():
     assert isinstance(work, Plan)
     with pytest.raises(AttributeError):
         work.items = ()  # type: ignore[misc]
+
+
+# ------------------------------------------------------------------------------------------------
+# vLLM request options that change the prompt: special tokens, padding, chat, per-side cuts
+# ------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def minilm_reference(minilm_path):
+    from transformers import AutoModel, AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(minilm_path)), AutoModel.from_pretrained(str(minilm_path)).eval()
+
+
+def test_add_special_tokens_false_embeds_the_text_tokens_alone(engine, minilm_reference):
+    from refs import minilm_embed
+
+    tokenizer, model = minilm_reference
+    body, results = respond(engine, request(task="embed", input=DOCS[0], add_special_tokens=False))
+    ids = tokenizer(DOCS[0], add_special_tokens=False)["input_ids"]
+    assert results[0].num_tokens == len(ids)
+    assert close(plain(body["data"][0]["embedding"]), minilm_embed(model, ids).tolist(), 1e-5)
+
+
+def test_padding_max_length_pads_with_the_pad_token_as_vllm_does(engine, minilm_reference):
+    from refs import minilm_embed
+
+    tokenizer, model = minilm_reference
+    body, results = respond(engine, request(task="embed", input=DOCS[0], padding="max_length", truncate_prompt_tokens=32))
+    ids = tokenizer(DOCS[0], padding="max_length", max_length=32)["input_ids"]
+    assert len(ids) == 32 and results[0].num_tokens == 32
+    assert close(plain(body["data"][0]["embedding"]), minilm_embed(model, ids).tolist(), 1e-5)
+
+
+def test_chat_input_needs_a_chat_template(engine):
+    from poolworker.engine.errors import InvalidInput
+    from poolworker.tasks import Renderer
+
+    with pytest.raises(InvalidInput) as caught:
+        plan(request(task="embed", messages=[{"role": "user", "content": "hi"}]), Renderer(engine))
+    assert caught.value.param == "messages"
+    with pytest.raises(TypeError):  # a chat request cannot be planned without its model
+        plan(request(task="embed", messages=[{"role": "user", "content": "hi"}]))
+
+
+def test_max_tokens_per_side_cuts_texts_at_token_boundaries(engine, minilm_reference):
+    from poolworker.tasks import Renderer
+
+    tokenizer, _ = minilm_reference
+    long = "Kafka consumer groups rebalance partitions whenever members join or leave the group."
+    work = plan(request(task="rerank", query=long, documents=[long, "short"], max_tokens_per_query=3, max_tokens_per_doc=5),
+                Renderer(engine))
+    offsets = tokenizer(long, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    assert work.items == (Item(long[: offsets[2][1]], long[: offsets[4][1]]), Item(long[: offsets[2][1]], "short"))
+    from poolworker.engine.errors import InvalidInput
+
+    with pytest.raises(InvalidInput) as caught:
+        plan(request(task="rerank", query="q", documents=["d"], max_tokens_per_doc=engine.max_model_len), Renderer(engine))
+    assert caught.value.param == "max_tokens_per_doc"
+
+
+@pytest.mark.parametrize("dtype, endianness, numpy_dtype", [("float32", "big", ">f4"), ("float16", "little", "<f2"),
+                                                           ("float16", "big", ">f2"), ("float32", "native", "=f4")])
+def test_to_bytes_is_numpys_cast_in_the_asked_byte_order(dtype, endianness, numpy_dtype):
+    from poolworker.tasks import to_bytes
+
+    matrix = np.array([[0.5, -1.25, 3.0], [1e-3, 7.5, -0.0]], dtype=np.float32)
+    assert to_bytes(matrix, dtype, endianness) == matrix.astype(numpy_dtype).tobytes()
+
+
+def test_bfloat16_bytes_are_the_high_half_of_float32_rounded():
+    import torch
+
+    from poolworker.tasks import to_bytes
+
+    values = np.array([1.0, -2.5, 0.1, 3.14159], dtype=np.float32)
+    raw = to_bytes(values, "bfloat16", "little")
+    decoded = torch.from_numpy(np.frombuffer(raw, dtype="<u2").astype(np.int32) << 16).view(torch.float32).numpy()
+    assert np.allclose(decoded, values, rtol=2**-8) and len(raw) == 2 * len(values)

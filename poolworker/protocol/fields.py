@@ -95,9 +95,9 @@ def split_fields(body: dict[str, Any]) -> tuple[Form, dict[str, str]]:
     by_form = _BY_TASK.get(task) if isinstance(task, str) else None
     if by_form is None:
         return form, {}
-    known = by_form.get(form)
-    if known is None:  # a chat body for a task without a chat form: the messages are the problem
-        return form, {}
+    if form not in by_form:  # e.g. messages sent to score: read as vLLM's one request class for the task
+        form = "completion"
+    known = by_form[form]
     if form == "chat":
         known = known | {"input"}
     warnings = {}
