@@ -13,13 +13,14 @@ import base64
 import json
 import time
 import uuid
+from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 from streaming import RunningWorker, worker_settings
 
-from poolworker.cache import make_cache
+from poolworker.cache import MemoryCache
 from poolworker.client import PoolClient
 from poolworker.gateway.server import serve_in_thread
 from poolworker.gateway.settings import GatewaySettings
@@ -32,16 +33,21 @@ ATOL = 1e-5
 
 
 @pytest.fixture(scope="module")
-def engines(minilm_engine, Engine, cross_encoder_path, seq_cls_path):
-    return {"minilm": minilm_engine, "cross": Engine(str(cross_encoder_path)), "sentiment": Engine(str(seq_cls_path))}
+def engines(minilm_engine, Engine, cross_encoder_path, seq_cls_path, token_cls_path):
+    cross = Engine(str(cross_encoder_path))
+    # "reranker" and "tokcls" are the names the conformance bodies use for the same kinds of model
+    return {"minilm": minilm_engine, "cross": cross, "reranker": cross, "sentiment": Engine(str(seq_cls_path)),
+            "tokcls": Engine(str(token_cls_path))}
 
 
 @pytest.fixture(scope="module")
 def stack(broker, engines):
-    """A worker allowing the gateways' reply topics, and a gateway in front of it."""
+    """A worker allowing the gateways' reply topics, and a gateway in front of it. The worker
+    caches results in memory, so a body sent on Kafka and then over HTTP gets the same floats
+    (a forward's last bits may depend on its batch companions)."""
     metrics = Metrics()
     settings = worker_settings(broker, allowed_reply_topics=REPLY_TOPICS, partitions=1)
-    running = RunningWorker(Worker(settings, engines=engines, cache=make_cache(None), metrics=metrics)).start()
+    running = RunningWorker(Worker(settings, engines=engines, cache=MemoryCache(), metrics=metrics)).start()
     gateway = serve_in_thread(GatewaySettings(bootstrap_servers=broker.bootstrap_servers, port=0, partitions=1,
                                               requests_topic=settings.requests_topic, models=["minilm", "cross", "sentiment"],
                                               timeout_s=30))
@@ -255,3 +261,70 @@ def test_worker_answers_expired_without_a_forward(stack, engines, monkeypatch):
         future = str(int(time.time() * 1000) + 60_000).encode()
         ok = client.submit({"task": "embed", "model": "minilm", "input": "in time"}, headers=[("deadline_ms", future)]).result(60)
         assert ok["error"] is None and forwards == [1]
+
+
+# -- vLLM's own request bodies, over HTTP and on Kafka ------------------------------------------------
+CONFORMANCE = Path(__file__).parent / "conformance" / "vllm_bodies.json"
+# The conformance stand-ins this file serves (tests/test_conformance.py serves the decoders too).
+SERVED = ("minilm", "reranker", "tokcls")
+HTTP_ROUTE = {"embed": "/v1/embeddings", "classify": "/classify", "score": "/score", "rerank": "/rerank", "pooling": "/pooling"}
+
+
+def _conformance_cases() -> list[dict]:
+    if not CONFORMANCE.exists():
+        return []
+    cases = json.loads(CONFORMANCE.read_text())["cases"]
+    return [c for c in cases if c["model"] in SERVED and c["task"] in HTTP_ROUTE]
+
+
+def _http_call(case: dict, body: dict) -> tuple[str, dict]:
+    """The route and HTTP body for a case: Cohere bodies on /v2/embed; on /pooling the pooling
+    task is vLLM's body field ``task``."""
+    if case["id"].startswith("cohere"):
+        return "/v2/embed", body
+    if case["task"] == "pooling":
+        body = {("task" if k == "pooling_task" else k): v for k, v in body.items()}
+    return HTTP_ROUTE[case["task"]], body
+
+
+@pytest.mark.parametrize("case", _conformance_cases(), ids=lambda c: c["id"])
+def test_vllm_bodies_are_answered_over_http_as_on_kafka(case, stack, http, minilm_path):
+    """Each body from vLLM's tests (tests/conformance/vllm_bodies.json, checked against vLLM's
+    answers on Kafka by test_conformance.py) gets the same answer over HTTP: the same values,
+    vLLM's envelope, and for the bodies vLLM refuses, 400 naming the same field."""
+    from transformers import AutoTokenizer
+
+    body = {**case["body"], "model": case["model"]}
+    if isinstance(body.get("input"), str) and body["input"].startswith("TOKEN_IDS("):
+        body["input"] = AutoTokenizer.from_pretrained(str(minilm_path))(body["input"][len("TOKEN_IDS("):-1])["input_ids"]
+    path, http_body = _http_call(case, body)
+    if body.get("encoding_format") in ("bytes", "bytes_only"):  # not served over HTTP yet (docs/gateway.md)
+        response = http.post(path, json=http_body)
+        assert response.status_code == 400 and response.json()["error"]["param"] == "encoding_format"
+        return
+    worker = stack["worker"]
+    with PoolClient(worker.bootstrap_servers, requests_topic=worker.requests_topic, results_topic=worker.results_topic) as client:
+        kafka = client.request({**body, "task": case["task"]}, 60)
+    response = http.post(path, json=http_body)
+    if kafka["error"] is not None:
+        assert kafka["error"]["type"] == case["error"] and kafka["error"]["param"] == case.get("param")
+        error = response.json()["error"]
+        assert (response.status_code, error["code"], error["type"], error["param"]) == (400, 400, "BadRequestError", case.get("param"))
+        return
+    assert response.status_code == 200, response.text
+    got = response.json()
+    if case.get("warnings"):  # the ignored fields, named in a header (the body stays vLLM's)
+        warnings = json.loads(response.headers["x-poolworker-warnings"])
+        assert warnings == kafka["warnings"] and all(any(name in w for w in warnings) for name in case["warnings"])
+    if path == "/v2/embed":
+        assert got["id"].startswith("embd-") and got["embeddings"] == kafka["embeddings"]
+    elif case["task"] == "rerank":
+        assert got["id"].startswith("score-") and got["model"] == case["model"]
+        assert [(r["index"], r["relevance_score"], r["document"]["text"]) for r in got["results"]] == \
+            [(r["index"], r["relevance_score"], r["document"]["text"]) for r in kafka["results"]]
+    else:
+        prefix = {"embed": "embd-", "score": "score-", "pooling": "pool-"}[case["task"]]
+        assert got["id"].startswith(prefix) and got["object"] == "list" and got["model"] == case["model"]
+        assert got["data"] == kafka["data"]
+    if "usage" in kafka:
+        assert got["usage"]["prompt_tokens"] == kafka["usage"]["prompt_tokens"]
