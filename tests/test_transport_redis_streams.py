@@ -132,7 +132,7 @@ class HeldPublisher(RedisStreamsTransport):
         self.raw = client
         self.reached = threading.Event()
         self.release = threading.Event()
-        self.pending_when_written: list[int] = []
+        self.seen_when_written: list[tuple[bool, int]] = []  # (result entry there, requests pending)
 
     def produce(self, topic, key, value, headers, on_acked, on_failed):
         self.reached.set()
@@ -140,8 +140,8 @@ class HeldPublisher(RedisStreamsTransport):
         request_id = dict(headers)["request_id"].decode()
 
         def acked() -> None:  # the XADD returned: the result entry is in the stream
-            assert request_id in results_by_id(self.raw, topic)
-            self.pending_when_written.append(pending(self.raw, {"requests_topic": self.stream, "group_id": self.group}))
+            self.seen_when_written.append((request_id in results_by_id(self.raw, topic),
+                                           pending(self.raw, {"requests_topic": self.stream, "group_id": self.group})))
             on_acked()
 
         super().produce(topic, key, value, headers, acked, on_failed)
@@ -158,7 +158,7 @@ def test_xack_only_after_the_result_entry_was_written(redis_url, names, raw, min
         assert pending(raw, names) == 1 and raw.xlen(names["results_topic"]) == 0
         transport.release.set()
         wait_for(lambda: pending(raw, names) == 0, what="the XACK after the result was written")
-        assert transport.pending_when_written == [1]  # still pending when the result entry appeared
+        assert transport.seen_when_written == [(True, 1)]  # the result written, its request still pending
         assert list(results_by_id(raw, names["results_topic"])) == ["held"]
     finally:
         transport.release.set()
@@ -230,10 +230,11 @@ def test_results_stream_is_trimmed_to_about_max_len_and_the_dlq_never(redis_url,
         for i in range(300):
             for topic in (names["results_topic"], names["dlq_topic"]):
                 transport.produce(topic, None, b"x%d" % i, [], lambda: acked.append(1), pytest.fail)
+        transport.flush(30)
         assert len(acked) == 600
         # MAXLEN ~ removes whole stream nodes (100 entries each by default): about 10, never all 300
         assert 10 <= raw.xlen(names["results_topic"]) <= 110
-        assert raw.xlen(names["dlq_topic"]) == 300
+        assert [f[b"value"] for _, f in entries(raw, names["dlq_topic"])] == [b"x%d" % i for i in range(300)]  # in order
         assert entries(raw, names["results_topic"])[-1][1][b"value"] == b"x299"
         with pytest.raises(RecordTooLarge):
             transport.produce(names["results_topic"], None, b"x" * (16 * 1024 * 1024 + 1), [], pytest.fail, pytest.fail)
