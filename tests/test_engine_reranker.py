@@ -153,6 +153,8 @@ def test_a_custom_score_template_file(causal_lm, Engine, tmp_path):
     no, yes = tok.convert_tokens_to_ids("no"), tok.convert_tokens_to_ids("yes")
     logits = last_logits(tok(f"Q={QUERY} D={DOCS[0]}")["input_ids"])
     assert abs(engine.score(QUERY, DOCS[0], use_tqdm=False)[0].outputs.score - torch.sigmoid(logits[yes] - logits[no]).item()) <= ATOL
+    default = Engine(str(path), device="cpu", hf_overrides=QWEN3_RERANKER)
+    assert engine.describe()["fingerprint"] != default.describe()["fingerprint"], "cached scores of another template would be reused"
 
 
 # -- refusals: a generative checkpoint is never guessed into a scorer --------------------------------

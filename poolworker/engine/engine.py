@@ -50,7 +50,7 @@ from .prompts import (
 )
 from .resolve import DEFAULT_MODEL
 from .runner import Packed, Runner
-from .score_template import ScoreTemplate, resolve_score_template
+from .score_template import ScoreTemplate
 
 _KIND_REASONS = {
     ModelKind.EMBED: "an embedding model (its hidden states are pooled into vectors)",
@@ -106,8 +106,9 @@ class Engine:
             trust_remote_code=trust_remote_code,
             allow_pickle=allow_pickle,
             hf_overrides=self.hf_overrides,
+            score_template=score_template,
         )
-        self.score_template: ScoreTemplate | None = resolve_score_template(score_template, self.model.config)
+        self.score_template: ScoreTemplate | None = self.model.score_template
         self.pooler = Pooler(self.model, self.pooler_config)
         self.runner = Runner(self.model, max_batch_tokens=max_batch_tokens)
         self.tokenizer = PromptTokenizer(self.model.tokenizer, vocab_size=self.model.vocab_size, lowercase=self.model.st.do_lower_case)

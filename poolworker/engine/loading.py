@@ -58,6 +58,7 @@ from .overrides import (
 from .packed import FORWARD_ENV, build_packed, forced_generic, packed_support
 from .pylate import check_pylate
 from .resolve import resolve_model_path
+from .score_template import ScoreTemplate, resolve_score_template
 from .st_config import STModules, load_projector, read_st_modules
 from .weights import require_loadable
 
@@ -98,6 +99,8 @@ class LoadedModel:
     head_description: str = ""
     # bge-m3's sparse and ColBERT heads (``hf_overrides`` architectures BgeM3EmbeddingModel).
     bge_m3: BgeM3Heads | None = None
+    # How a cross-encoder renders a (query, document) pair into one prompt (score_template.py).
+    score_template: ScoreTemplate | None = None
 
     @property
     def num_labels(self) -> int:
@@ -162,12 +165,15 @@ def _max_model_len(config: PretrainedConfig, st: STModules, tokenizer, requested
     return requested
 
 
-def _fingerprint(path: Path, config: PretrainedConfig, dtype: torch.dtype) -> str:
-    """Names the exact model for result caches: config, dtype (fp16 results differ from fp32) and
-    the bytes of every weight, tokenizer and config file. Sizes alone would let a fine-tune
-    deployed at the same path share the old model's cache entries. ~0.1 s for MiniLM's 90 MB."""
+def _fingerprint(path: Path, config: PretrainedConfig, dtype: torch.dtype, score_template: ScoreTemplate | None) -> str:
+    """Names the exact model for result caches: config (overrides applied), dtype (fp16 results
+    differ from fp32), the score template (it changes every score) and the bytes of every weight,
+    tokenizer and config file. Sizes alone would let a fine-tune deployed at the same path share
+    the old model's cache entries. ~0.1 s for MiniLM's 90 MB."""
     h = hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True, default=str).encode())
     h.update(str(dtype).encode())
+    if score_template is not None:
+        h.update(b"score_template:" + score_template.source.encode())
     for f in sorted(path.rglob("*")):
         if f.is_file() and f.suffix in (".safetensors", ".bin", ".pt", ".json", ".txt", ".model"):
             with f.open("rb") as fh:
@@ -232,9 +238,11 @@ def load_model(
     trust_remote_code: bool = False,
     allow_pickle: bool = False,
     hf_overrides: dict | str | None = None,
+    score_template: str | Path | None = None,
 ) -> LoadedModel:
     """Resolve ``model`` offline and load everything needed to pool with it. ``hf_overrides``
-    replaces config.json values first (vLLM's option; ``overrides.py`` says which keys)."""
+    replaces config.json values first (vLLM's option; ``overrides.py`` says which keys);
+    ``score_template`` is resolved here (``score_template.py``) so the fingerprint covers it."""
     overrides = parse_hf_overrides(hf_overrides)
     path = resolve_model_path(model)
     try:
@@ -258,6 +266,7 @@ def load_model(
     tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
     limit = _max_model_len(config, st, tokenizer, max_model_len)
     check_pylate(path, limit)
+    template = resolve_score_template(score_template, config)
 
     heads: ClassifierHeads | None = None
     mlm_head: nn.Module | None = None
@@ -333,13 +342,14 @@ def load_model(
         vocab_size=int(backbone.get_input_embeddings().num_embeddings),
         device=dev,
         dtype=torch_dtype,
-        fingerprint=_fingerprint(path, config, torch_dtype),
+        fingerprint=_fingerprint(path, config, torch_dtype, template),
         accepts_token_type_ids=accepts_tt,
         packed=packed,
         forward_path=forward_path,
         head_path=heads.path if heads is not None else HeadPath.POOLED_ROWS,
         head_description=head_description,
         bge_m3=bge_m3,
+        score_template=template,
     )
 
 

@@ -38,6 +38,7 @@ class ScoreTemplate:
     def __init__(self, source: str, name: str = "custom") -> None:
         env = ImmutableSandboxedEnvironment(keep_trailing_newline=True, undefined=StrictUndefined)
         self.template = env.from_string(source)
+        self.source = source
         self.name = name
 
     def render(self, query: str, document: str, instruction: str | None = None) -> str:

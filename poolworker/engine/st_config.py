@@ -117,4 +117,4 @@ def load_projector(dirs: list[Path], *, allow_pickle: bool) -> nn.Module | None:
     return nn.Sequential(*[load_dense(d, allow_pickle=allow_pickle) for d in dirs]).eval()
 
 
-__all__ = ["STModules", "read_st_modules", "load_projector", "activation_from_name"]
+__all__ = ["STModules", "activation_from_name", "load_projector", "read_st_modules"]
