@@ -113,8 +113,8 @@ class References:
                 continue
             truncate = body.get("truncate_prompt_tokens")
             side = "left" if body.get("truncate") == "START" else "right"
-            if "texts" in body and body.get("truncate", "END") != "NONE":
-                truncate = -1
+            if "texts" in body and body.get("truncate", "END") != "NONE":  # Cohere: cut at max_tokens, else the maximum
+                truncate = body.get("max_tokens", -1)
             limit = {"minilm": 256, "minilm-prompts": 256, "colbert": 256}.get(model, 512) if truncate == -1 else truncate
             tok.truncation_side = side
             out.append(tok(p, add_special_tokens=body.get("add_special_tokens", True), truncation=limit is not None,

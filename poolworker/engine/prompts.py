@@ -72,6 +72,7 @@ class Truncation:
     side: str
     special_tokens: bool = True
     pad_to: int | None = None
+    refuse_above: int | None = None  # Cohere truncate=NONE with max_tokens: too long is an error, not a cut
 
 
 def resolve_truncation(truncate_prompt_tokens: object, truncation_side: object, max_model_len: int, default_side: str) -> Truncation:
@@ -148,9 +149,13 @@ class PromptTokenizer:
         for i, p in enumerate(prompts):
             if not isinstance(p, str):
                 out[i] = token_id_error(p, self.vocab_size, labels[i]) or _cut(p, trunc)
+        limit = trunc.refuse_above
         for i, ids in enumerate(out):
             if not isinstance(ids, EngineError) and not ids:
                 out[i] = InvalidInput(f"{labels[i]} has no tokens after tokenization", labels[i])
+            elif limit is not None and not isinstance(ids, EngineError) and len(ids) > limit:
+                out[i] = InvalidInput(f"{labels[i]}: input of {len(ids)} tokens exceeds max_tokens={limit} with truncate=NONE; "
+                                      "set truncate to END or START to allow truncation", labels[i])
         return out
 
     def encode_pairs(self, firsts: list[str], seconds: list[str], trunc: Truncation) -> tuple[list[list[int]], list[list[int]]]:

@@ -69,7 +69,8 @@ def model_call(engine: Engine, plan: Plan) -> tuple[ModelCall, Truncation]:
     options = plan.option_dict()
     truncation = engine.truncation(options.get("truncate_prompt_tokens"), options.get("truncation_side"))
     pad_to = (truncation.max_tokens or engine.max_model_len) if options.get("padding") == "max_length" else None
-    truncation = replace(truncation, special_tokens=options.get("add_special_tokens", True) is not False, pad_to=pad_to)
+    truncation = replace(truncation, special_tokens=options.get("add_special_tokens", True) is not False, pad_to=pad_to,
+                         refuse_above=options.get("refuse_above"))  # type: ignore[arg-type]
     if plan.engine_call == "score":
         mode: Mode = engine.check_score()  # type: ignore[assignment]
         activation = options.get("use_activation") if mode == "cross-encoder" else None  # as Engine.score

@@ -79,7 +79,10 @@ def plan(request: PoolingRequest, renderer: Renderer | None = None) -> Plan:
         items = tuple(Item(first, second) for first, second in pairs)
         return Plan("score", None, _options(request, _SCORE_OPTIONS), items)
     pooling_task = request.pooling_task if request.task == "pooling" else _ENCODE_TASKS[request.task]
-    options = _options(request, _ENCODE_OPTIONS, add_special_tokens=request.special_tokens)
+    resolved: dict[str, Scalar] = {"add_special_tokens": request.special_tokens}
+    if request.form == "cohere" and request.truncate == "NONE" and request.max_tokens is not None:
+        resolved["refuse_above"] = request.max_tokens
+    options = _options(request, _ENCODE_OPTIONS, **resolved)
     return Plan("encode", pooling_task, options, _prompt_items(_prompts(request, renderer)))
 
 
