@@ -29,6 +29,7 @@ import asyncio
 import base64
 import collections
 import contextlib
+import json
 import logging
 import re
 import threading
@@ -56,6 +57,7 @@ CONNECT_TIMEOUT_S = 10.0  # the whole first connection (every retry included) be
 RECONNECT_WAIT_S = 0.5
 API_TIMEOUT_S = 5.0  # JetStream API calls and PubAcks
 CLOSE_TIMEOUT_S = 10.0
+PULL_EXPIRES_S = 1.0  # a pull request outlives the poll that sent it; its messages are buffered
 FAILURE_LOG_INTERVAL_S = 5.0
 _HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _NOT_IN_NAMES = re.compile(r"[.*>\s/\\]")
@@ -302,6 +304,112 @@ async def ensure_consumer(js, stream: str, config: api.ConsumerConfig) -> None:
 # ------------------------------------------------------------------------------------------------
 # The worker side
 # ------------------------------------------------------------------------------------------------
+class Puller:
+    """The receiving half of ``NatsTransport``, on the event loop: pull requests to the durable
+    consumer, the messages they deliver, and the keep-alive of every message delivered and not
+    yet acked.
+
+    nats-py's ``fetch`` gives up on its own timer, and messages of a pull request that arrive
+    after it did wait unseen in the subscription — no ``+WPI`` reaches them, so under load they
+    were redelivered to another worker while this one still held them (duplicates). Here a
+    callback takes every delivered message into ``delivered`` and ``inflight`` as it arrives,
+    whenever that is; a pull request is open until the server ends it (its batch delivered, or
+    a 404/408/409 status), and ``take`` only hands over what has arrived."""
+
+    def __init__(self, nc: nats.NATS, stream: str, consumer: str, keepalive_s: float) -> None:
+        self.nc = nc
+        self.next_subject = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}"
+        self.inflight: dict[int, Msg] = {}  # stream sequence → message delivered and not yet acked
+        self.delivered: collections.deque[Msg] = collections.deque()  # not yet handed to the worker
+        self.arrived = asyncio.Event()
+        self.inbox = ""
+        self._sub = None
+        self._open_until = 0.0  # when the open pull request is over at the latest (0: none open)
+        self._awaited = 0  # messages the open pull request may still deliver
+        self._keepalive_s = keepalive_s
+        self._keepalive: asyncio.Task | None = None
+        self._throttled = Throttled()
+
+    async def start(self) -> None:
+        self.inbox = self.nc.new_inbox()
+        self._sub = await self.nc.subscribe(self.inbox, cb=self._on_message)
+        self._keepalive = asyncio.get_running_loop().create_task(self._keep_alive())
+
+    async def take(self, max_records: int, timeout_s: float) -> list[Msg]:
+        """Up to ``max_records`` delivered messages, waiting at most ``timeout_s`` for the first;
+        asks the server for more unless a request is still open."""
+        wanted = max_records - len(self.delivered)
+        if wanted > 0 and time.monotonic() >= self._open_until:
+            await self._request(wanted)
+        if not self.delivered:
+            self.arrived.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.arrived.wait(), timeout_s)
+        out = []
+        while self.delivered and len(out) < max_records:
+            out.append(self.delivered.popleft())
+        return out
+
+    async def _request(self, batch: int) -> None:
+        request = {"batch": batch, "expires": int(PULL_EXPIRES_S * 1e9)}
+        await self.nc.publish(self.next_subject, json.dumps(request).encode(), reply=self.inbox)
+        self._awaited = batch
+        self._open_until = time.monotonic() + PULL_EXPIRES_S + API_TIMEOUT_S  # lost in a reconnect: retried then
+
+    async def _on_message(self, msg: Msg) -> None:
+        if not msg.reply:  # a status: 404/408 end the request, 409 too (and says why), 100 is a heartbeat
+            status = (msg.headers or {}).get(api.Header.STATUS, "")
+            if status != "100":
+                self._open_until = 0.0
+            if status not in ("100", "404", "408"):
+                self._throttled.warning("nats: pull request ended with %s %s", status,
+                                        (msg.headers or {}).get(api.Header.DESCRIPTION, ""))
+            return
+        self.inflight[msg.metadata.sequence.stream] = msg
+        self.delivered.append(msg)
+        self._awaited -= 1
+        if self._awaited <= 0:
+            self._open_until = 0.0
+        self.arrived.set()
+
+    async def ack(self, msg: Msg, sequence: int) -> None:
+        if self.inflight.get(sequence) is msg:
+            del self.inflight[sequence]
+        try:
+            await msg.ack()
+        except nats.errors.MsgAlreadyAckdError:
+            pass
+        except Exception as exc:  # noqa: BLE001 - not acked: redelivered after ack_wait, a duplicate
+            self._throttled.warning("nats: ack failed (%s); the request will be redelivered", exc)
+
+    async def _keep_alive(self) -> None:
+        """``+WPI`` for every message delivered and not acked, so a live worker's backlog is not
+        redelivered: ``ack_wait`` then only bounds how long a dead worker holds messages."""
+        while True:
+            await asyncio.sleep(self._keepalive_s)
+            if not self.nc.is_connected:
+                continue
+            for msg in list(self.inflight.values()):
+                try:
+                    await msg.in_progress()
+                except Exception as exc:  # noqa: BLE001 - the connection dropped; redelivery covers it
+                    self._throttled.warning("nats: in-progress ack failed (%s)", exc)
+                    break
+
+    async def stop(self) -> None:
+        """Stop pulling; messages held and not acked go back at once (``nak``), not after ack_wait."""
+        if self._keepalive is not None:
+            self._keepalive.cancel()
+        if self._sub is not None:
+            with contextlib.suppress(Exception):
+                await self._sub.unsubscribe()
+        for msg in list(self.inflight.values()):
+            with contextlib.suppress(Exception):
+                await msg.nak()
+        self.inflight.clear()
+        self.delivered.clear()
+
+
 class NatsTransport:
     """``Transport`` over NATS JetStream (see the module docstring)."""
 
@@ -313,14 +421,13 @@ class NatsTransport:
         self.io: LoopThread | None = None
         self.nc: nats.NATS | None = None
         self.js = None
-        self.sub = None
         self.stream: str | None = None
-        self._inflight: dict[int, Msg] = {}  # stream sequence → message; touched on the loop thread only
+        self.consumer: str | None = None
+        self.puller: Puller | None = None
         self._captured: dict[str, bool | float] = {}  # reply subject → True, or when "no stream" was seen
         self._sent = threading.Condition()
         self._unacked_sends = 0
         self._paused = False
-        self._keepalive: asyncio.Task | None = None
         self._throttled = Throttled()
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -344,14 +451,16 @@ class NatsTransport:
             await ensure_stream(self.js, subject, max_msgs=limit)
         config = consumer_config(s)
         await ensure_consumer(self.js, self.stream, config)
-        self.sub = await self.js.pull_subscribe_bind(durable=config.durable_name, stream=self.stream)
+        self.consumer = config.durable_name
         self._captured.update({s.results_topic: True, s.dlq_topic: True})
-        self._keepalive = asyncio.get_running_loop().create_task(self._keep_alive(max(0.1, s.redelivery_timeout_s / 3)))
+        puller = Puller(self.nc, self.stream, self.consumer, max(0.1, s.redelivery_timeout_s / 3))
+        await puller.start()
+        self.puller = puller
         log.info("nats: consuming %s (stream %s) as %s, ack_wait %.1fs", s.requests_topic, self.stream,
-                 config.durable_name, s.redelivery_timeout_s)
+                 self.consumer, s.redelivery_timeout_s)
 
     def ready(self) -> bool:
-        return self.sub is not None
+        return self.puller is not None
 
     def close(self) -> None:
         if self.io is None:
@@ -365,37 +474,24 @@ class NatsTransport:
         self.io = None
 
     async def _close(self) -> None:
-        if self._keepalive is not None:
-            self._keepalive.cancel()
-        for msg in list(self._inflight.values()):  # not answered: hand them to the others now, not after ack_wait
-            with contextlib.suppress(Exception):
-                await msg.nak()
-        self._inflight.clear()
+        if self.puller is not None:
+            await self.puller.stop()
         with contextlib.suppress(Exception):
             await self.nc.flush(2)
         await self.nc.close()
 
     # -- receiving -------------------------------------------------------------------------------
     def poll(self, timeout_s: float, max_records: int) -> list[Record]:
-        if self._paused or self.sub is None:
+        if self._paused or self.puller is None:
             time.sleep(timeout_s)
             return []
         try:
-            msgs = self.io.run(self._fetch(max_records, timeout_s), timeout_s + API_TIMEOUT_S)
+            msgs = self.io.run(self.puller.take(max_records, timeout_s), timeout_s + API_TIMEOUT_S)
         except Exception as exc:  # noqa: BLE001 - reconnecting: unacked records come back after ack_wait
-            self._throttled.warning("nats: fetch failed (%s: %s); retrying", type(exc).__name__, exc)
+            self._throttled.warning("nats: pull failed (%s: %s); retrying", type(exc).__name__, exc)
             time.sleep(timeout_s)
             return []
         return [self._record(m) for m in msgs]
-
-    async def _fetch(self, batch: int, timeout_s: float) -> list[Msg]:
-        try:
-            msgs = await self.sub.fetch(batch=batch, timeout=timeout_s)
-        except nats.errors.TimeoutError:  # nothing arrived: an empty poll
-            return []
-        for msg in msgs:
-            self._inflight[msg.metadata.sequence.stream] = msg
-        return msgs
 
     @staticmethod
     def _record(msg: Msg) -> Record:
@@ -406,38 +502,16 @@ class NatsTransport:
         return Record(source, msg.data)
 
     def finish(self, source: Source) -> None:
-        io = self.io
-        if io is not None:
-            io.call(lambda: io.loop.create_task(self._ack(source.handle, source.offset)))
-
-    async def _ack(self, msg: Msg, sequence: int) -> None:
-        if self._inflight.get(sequence) is msg:
-            del self._inflight[sequence]
-        try:
-            await msg.ack()
-        except nats.errors.MsgAlreadyAckdError:
-            pass
-        except Exception as exc:  # noqa: BLE001 - not acked: redelivered after ack_wait, a duplicate
-            self._throttled.warning("nats: ack failed (%s); the request will be redelivered", exc)
-
-    async def _keep_alive(self, interval_s: float) -> None:
-        """``+WPI`` for every record in flight, so a live worker's slow batch is not redelivered."""
-        while True:
-            await asyncio.sleep(interval_s)
-            if not self.nc.is_connected:
-                continue
-            for msg in list(self._inflight.values()):
-                try:
-                    await msg.in_progress()
-                except Exception as exc:  # noqa: BLE001 - the connection dropped; redelivery covers it
-                    self._throttled.warning("nats: in-progress ack failed (%s)", exc)
-                    break
+        io, puller = self.io, self.puller
+        if io is not None and puller is not None:
+            io.call(lambda: io.loop.create_task(puller.ack(source.handle, source.offset)))
 
     def commit(self) -> None:
         """Nothing to do: each record is acked by ``finish`` once its answer is stored."""
 
     def inflight(self) -> int:
-        return len(self._inflight)
+        """Messages delivered to this worker and not acked (handed over or still buffered)."""
+        return len(self.puller.inflight) if self.puller is not None else 0
 
     def pause(self) -> None:
         self._paused = True
@@ -447,10 +521,10 @@ class NatsTransport:
 
     def lag(self) -> Mapping[tuple[str, int], int]:
         """Messages of the requests subject not yet delivered to the group (``num_pending``)."""
-        if self.sub is None:
+        if self.puller is None:
             return {}
         try:
-            info = self.io.run(self.sub.consumer_info(), API_TIMEOUT_S)
+            info = self.io.run(self.js.consumer_info(self.stream, self.consumer), API_TIMEOUT_S)
         except Exception:  # noqa: BLE001 - unknown right now
             return {}
         return {(self.settings.requests_topic, 0): int(info.num_pending or 0)}
