@@ -182,6 +182,7 @@ class Preparer:
         try:
             draft.plan = plan_request(request, self._renderer(name, engine))
             draft.call, draft.truncation = model_call(engine, draft.plan)
+            check_output(request, draft.call)
         except InvalidRequest as exc:
             draft.error = exc.error
             return

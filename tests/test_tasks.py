@@ -475,3 +475,20 @@ def test_bfloat16_bytes_are_the_high_half_of_float32_rounded():
     raw = to_bytes(values, "bfloat16", "little")
     decoded = torch.from_numpy(np.frombuffer(raw, dtype="<u2").astype(np.int32) << 16).view(torch.float32).numpy()
     assert np.allclose(decoded, values, rtol=2**-8) and len(raw) == 2 * len(values)
+
+
+def test_cohere_bit_packing_needs_a_dimension_divisible_by_8(engine):
+    from poolworker.engine.errors import InvalidInput
+    from poolworker.tasks import check_output, model_call
+
+    for dims, fine in ((12, False), (16, True), (None, True)):  # MiniLM: 384 dimensions
+        req = request(task="embed", texts=["a"], embedding_types=["float", "ubinary"], output_dimension=dims)
+        call, _ = model_call(engine, plan(req))
+        if fine:
+            check_output(req, call)
+            continue
+        with pytest.raises(InvalidInput) as caught:
+            check_output(req, call)
+        assert caught.value.param == "embedding_types"
+    float_only = request(task="embed", texts=["a"], output_dimension=12)
+    check_output(float_only, model_call(engine, plan(float_only))[0])

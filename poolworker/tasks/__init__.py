@@ -5,7 +5,7 @@ The split exists for the streaming worker: between the two it batches items acro
 serves some from the cache and runs the rest through the engine (``engine_calls``).
 """
 
-from .bodies import assemble, vector_key
+from .bodies import assemble, check_output, vector_key
 from .encoding import BINARY_FORMATS, binary_result, float32_base64, to_bytes
 from .engine_calls import (
     ModelCall,
@@ -23,6 +23,7 @@ __all__ = [
     "BINARY_FORMATS",
     "Renderer",
     "binary_result",
+    "check_output",
     "to_bytes",
     "vector_key",
     "Item",

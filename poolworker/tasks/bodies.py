@@ -12,14 +12,18 @@ Python work per float. Plain lists (older callers) are accepted everywhere.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from poolworker.engine.errors import InvalidInput
 from poolworker.protocol import PoolingRequest
 
 from .encoding import encode_json
 from .items import ItemResult, Plan
+
+if TYPE_CHECKING:
+    from .engine_calls import ModelCall
 
 # What ``ItemResult.data`` may hold: a score; a float32 vector (1-D) or token matrix (2-D, one row
 # per token); or the same as Python lists, as older callers pass them.
@@ -120,6 +124,18 @@ _COHERE_TYPES = {
     "ubinary": lambda vectors: _packed_bits(vectors, signed=False),
     "base64": lambda vectors: [encode_json(v, "base64", "float32", "little") for v in vectors],
 }
+
+
+def check_output(request: PoolingRequest, call: ModelCall) -> None:
+    """Refuse, before any work, a body that could not be built from the call's vectors: Cohere
+    bit-packed types need a dimension divisible by 8 (``InvalidInput`` naming
+    ``embedding_types``)."""
+    if request.form != "cohere" or not {"binary", "ubinary"} & set(request.embedding_types or ()):
+        return
+    size = call.params.dimensions or call.engine.pooler.embedding_size
+    if size % 8:
+        raise InvalidInput(f"embedding_types binary/ubinary pack 8 dimensions a byte; this output has {size}, "
+                           "not a multiple of 8 (choose output_dimension)", "embedding_types")
 
 
 def assemble(

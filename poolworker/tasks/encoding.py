@@ -21,7 +21,8 @@ from typing import Any
 
 import numpy as np
 
-# embed_dtype → (torch dtype name or None for a numpy cast, numpy dtype of the written bits)
+# embed_dtype → (torch dtype name or None for a plain numpy cast, the same-width type its bits
+# are viewed as to leave torch)
 _DTYPES: dict[str, tuple[str | None, str]] = {
     "float32": (None, "float32"),
     "float16": (None, "float16"),
@@ -42,7 +43,7 @@ def to_bytes(data: Any, embed_dtype: str = "float32", endianness: str = "native"
     else:
         import torch
 
-        out = torch.from_numpy(array).to(getattr(torch, torch_name)).view(getattr(torch, "uint8" if view == "uint8" else "float16")).numpy()
+        out = torch.from_numpy(array).to(getattr(torch, torch_name)).view(getattr(torch, view)).numpy()
     if endianness != "native" and endianness != sys.byteorder and out.itemsize > 1:
         out = out.byteswap()
     return out.tobytes()
