@@ -157,6 +157,46 @@ def test_a_custom_score_template_file(causal_lm, Engine, tmp_path):
     assert engine.describe()["fingerprint"] != default.describe()["fingerprint"], "cached scores of another template would be reused"
 
 
+def test_a_model_spec_file_carries_the_overrides(causal_lm, Engine, tmp_path):
+    """The worker's --model NAME=PATH can name a spec file: model + hf_overrides + score template."""
+    import json
+
+    path = causal_lm("qwen3")
+    (tmp_path / "t.jinja").write_text("{{ query }}|{{ document }}")
+    spec = tmp_path / "rr.json"
+    spec.write_text(json.dumps({"model": str(path), "hf_overrides": QWEN3_RERANKER, "score_template": "t.jinja"}))
+    from_spec = Engine(str(spec), device="cpu")
+    direct = Engine(str(path), device="cpu", hf_overrides=QWEN3_RERANKER, score_template=str(tmp_path / "t.jinja"))
+    assert from_spec.describe()["fingerprint"] == direct.describe()["fingerprint"]
+    assert from_spec.score(QUERY, DOCS[0], use_tqdm=False)[0].outputs.score == direct.score(QUERY, DOCS[0], use_tqdm=False)[0].outputs.score
+    spec.write_text(json.dumps({"model": str(path), "hf_override": QWEN3_RERANKER}))
+    assert_clean_error(lambda: Engine(str(spec), device="cpu"), "unknown keys", "hf_override")
+    spec.write_text(json.dumps({"model": str(path), "hf_overrides": QWEN3_RERANKER}))
+    assert_clean_error(lambda: Engine(str(spec), device="cpu", hf_overrides=QWEN3_RERANKER), "both")
+
+
+def test_the_worker_serves_a_spec_file_rerank_request(causal_lm, tmp_path):
+    """--model NAME=spec.json through the worker's own loading and task code (plan → the
+    engine calls on token ids → the vLLM rerank body) gives the model card's scores."""
+    import json
+
+    from poolworker.config import WorkerSettings
+    from poolworker.protocol import parse_request
+    from poolworker.tasks import assemble, plan, run_plan
+    from poolworker.worker import load_engines
+
+    path = causal_lm("qwen3")
+    spec = tmp_path / "rr.json"
+    spec.write_text(json.dumps({"model": str(path), "hf_overrides": QWEN3_RERANKER}))
+    engine = load_engines(WorkerSettings(models=[f"rr={spec}"], device="cpu"))["rr"]
+    req = parse_request(json.dumps({"request_id": "r", "task": "rerank", "model": "rr", "query": QUERY, "documents": DOCS}).encode())
+    work = plan(req)
+    body = assemble(req, work, run_plan(engine, work), model="rr")
+    expected = _card_scores(path, "qwen3", QUERY, DOCS)
+    got = {r["index"]: r["relevance_score"] for r in body["results"]}
+    assert max(abs(got[i] - expected[i].item()) for i in range(len(DOCS))) <= ATOL, (got, expected)
+
+
 # -- refusals: a generative checkpoint is never guessed into a scorer --------------------------------
 def test_causal_lm_without_overrides_is_refused(causal_lm, Engine):
     path = causal_lm("qwen3")

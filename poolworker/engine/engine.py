@@ -28,6 +28,7 @@ from .errors import (
     UnsupportedTask,
 )
 from .loading import LoadedModel, load_model
+from .model_spec import merge_spec
 from .outputs import (
     ClassificationOutput,
     EmbeddingOutput,
@@ -71,7 +72,9 @@ class Engine:
     pooling, ``hf_overrides`` replaces config.json values (vLLM's option, e.g. to serve the
     original Qwen3-Reranker from its LM head: ``overrides.py``). ``score_template`` (Jinja text or
     a file) turns a (query, document) pair into the one prompt a cross-encoder reads; models with
-    ``is_original_qwen3_reranker`` default to the Qwen3-Reranker prompt. Weights load from
+    ``is_original_qwen3_reranker`` default to the Qwen3-Reranker prompt. ``model`` may also be
+    a model spec file (``model_spec.py``) carrying those two options, which is how the worker's
+    ``--model NAME=PATH`` passes them. Weights load from
     safetensors only unless ``allow_pickle=True``; remote code runs only with
     ``trust_remote_code=True``.
     """
@@ -96,9 +99,10 @@ class Engine:
             pooler_config = PoolerConfig(**pooler_config)
         self.pooler_config = pooler_config or PoolerConfig()
         self.model_name = str(model)
+        path, hf_overrides, score_template = merge_spec(str(model), hf_overrides, score_template)
         self.hf_overrides = parse_hf_overrides(hf_overrides)
         self.model: LoadedModel = load_model(
-            str(model),
+            path,
             convert=convert,
             device=device,
             dtype=dtype,
