@@ -146,6 +146,14 @@ def test_multi_request_checks(engine):
     assert_clean_error(lambda: engine.encode_multi(TEXTS, pooling_tasks=["classify"]), "cannot do 'classify'")
     assert_clean_error(lambda: engine.encode_multi(TEXTS, pooling_tasks=[]), "pooling_tasks")
     assert_clean_error(lambda: engine.encode_multi(TEXTS, pooling_tasks=["token_classify"], dimensions=8), "dimensions")
+    assert_clean_error(lambda: engine.encode(TEXTS, pooling_task="token_embed", dimensions=COLBERT_DIM + 1), "ColBERT size")
+
+
+def test_step_pooling_does_not_apply(bge_m3_path):
+    from poolworker import Engine
+
+    for cfg in ({"pooling_type": "STEP"}, {"returned_token_ids": [0]}):
+        assert_clean_error(lambda cfg=cfg: Engine(str(bge_m3_path), device="cpu", hf_overrides=BGE_M3, pooler_config=cfg), "bge-m3")
 
 
 def test_without_the_override_it_is_a_dense_embedder(bge_m3_path, reference):

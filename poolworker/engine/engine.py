@@ -147,6 +147,9 @@ class Engine:
             self._check_dimensions(cfg.dimensions)
         if cfg.pooling_type == "STEP" and "token_classify" not in self.supported_tasks:
             raise ValueError("pooling_type STEP needs a token classification head (token_classify)")
+        if self.model.bge_m3 is not None and (cfg.pooling_type == "STEP" or cfg.returned_token_ids is not None):
+            raise ValueError("bge-m3's token_classify is its sparse head (one weight per token): STEP pooling and "
+                             "returned_token_ids do not apply")
         if cfg.returned_token_ids is not None and "token_classify" in self.supported_tasks:
             labels = self.model.num_labels
             bad = [t for t in cfg.returned_token_ids if not 0 <= t < labels]
@@ -311,6 +314,9 @@ class Engine:
         dims = self._check_dimensions(dimensions)
         if dims is not None and pooling_task not in ("embed", "token_embed"):
             raise InvalidInput(f"dimensions applies to embed and token_embed, not {pooling_task}", "dimensions")
+        bge_m3 = self.model.bge_m3
+        if dims is not None and bge_m3 is not None and pooling_task == "token_embed" and dims > bge_m3.colbert_dim:
+            raise InvalidInput(f"dimensions must be at most the ColBERT size {bge_m3.colbert_dim}, got {dims}", "dimensions")
         return HeadParams(dims if dims is not None else self.pooler_config.dimensions, use_activation)
 
     # -- the core: ids → per-prompt tensors -------------------------------------------------------
