@@ -149,6 +149,19 @@ def test_multi_request_checks(engine):
     assert_clean_error(lambda: engine.encode(TEXTS, pooling_task="token_embed", dimensions=COLBERT_DIM + 1), "ColBERT size")
 
 
+def test_encode_multi_on_a_classifier_equals_separate_calls(tmp_path):
+    """Several outputs from one pass is not bge-m3 only: a decoder classifier's classify and
+    token_classify (reward rows) come out as ``encode`` gives them one task at a time."""
+    from poolworker import Engine
+
+    engine = Engine(str(build(FAMILIES["qwen2"], "classify", tmp_path)), device="cpu")
+    multi = engine.encode_multi(TEXTS, pooling_tasks=["classify", "token_classify"], use_tqdm=False)
+    for task in ("classify", "token_classify"):
+        for one, many in zip(engine.encode(TEXTS, pooling_task=task, use_tqdm=False), multi):
+            _close(many.outputs.data[task], one.outputs.data, f"qwen2 {task}")
+    assert all(m.outputs.lexical_weights is None for m in multi)
+
+
 def test_step_pooling_does_not_apply(bge_m3_path):
     from poolworker import Engine
 

@@ -363,6 +363,9 @@ class Engine:
         at most ``max_model_len`` tokens (no chunked processing here)."""
         if not ids:
             return []
+        longest = max(len(x) for x in ids)
+        if longest > self.max_model_len:  # chunked embed would pool these differently from one pass
+            raise InputTooLong(f"compute_many takes at most max_model_len={self.max_model_len} tokens per input, got {longest}")
         packed = self.runner.forward(ids, use_tqdm=use_tqdm)
         data: list[dict[str, torch.Tensor]] = [{} for _ in ids]
         for task in tasks:
