@@ -12,6 +12,7 @@ tokenizer has "no" and "yes" as single tokens.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -129,6 +130,8 @@ def test_templated_prompts_are_never_truncated(causal_lm, Engine):
     assert engine.score(QUERY, DOCS[0], truncate_prompt_tokens=-1, use_tqdm=False)[0].outputs.score == full.outputs.score
     assert_clean_error(lambda: engine.score(QUERY, DOCS[0], truncate_prompt_tokens=len(full.prompt_token_ids) - 1),
                        "not truncated", types=(InputTooLong,))
+    padded = dataclasses.replace(engine.truncation(None, None), pad_to=engine.max_model_len)
+    assert_clean_error(lambda: engine.tokenize_pairs_each([QUERY], [DOCS[0]], ["pair[0]"], truncation=padded), "padding")
 
 
 def test_no_post_processing_gives_the_token_logits(causal_lm, Engine):

@@ -12,6 +12,7 @@ tokenize, reporting each prompt's error as a typed value; ``compute`` / ``cross_
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 import torch
@@ -277,8 +278,11 @@ class Engine:
         prompt is never truncated: cutting it would drop the template's end (the turn the score
         is read after) or its start, and answer a different question; it is an error instead."""
         template: ScoreTemplate = self.score_template  # type: ignore[assignment]
+        if truncation.pad_to is not None:  # pads after the template's end: the LAST row would be a pad
+            raise InvalidInput("padding='max_length' does not apply to prompts made by a score template", "padding")
         texts = [template.render(q, d) for q, d in zip(firsts, seconds)]
-        encoded = self.tokenize_each(texts, labels, pooling_task="classify", truncation=Truncation(None, truncation.side))
+        whole = dataclasses.replace(truncation, max_tokens=None, refuse_above=None)
+        encoded = self.tokenize_each(texts, labels, pooling_task="classify", truncation=whole)
         out: list[tuple[list[int], list[int]] | EngineError] = []
         for x, where in zip(encoded, labels):
             if not isinstance(x, EngineError) and truncation.max_tokens is not None and len(x) > truncation.max_tokens:
