@@ -31,10 +31,11 @@ from .protocol import (
 )
 from .tasks import (
     ItemResult,
-    Renderer,
     ModelCall,
     ModelInput,
     Plan,
+    Renderer,
+    check_output,
     item_labels,
     model_call,
     tokenize_items,

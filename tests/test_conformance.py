@@ -21,13 +21,13 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
 from builders import colbert_dense_weight, decoder
+from refs import bert_hidden, decoder_hidden_single, mean_pool
+from streaming import RunningWorker, produce, read_topic, worker_settings
+
 from poolworker.cache import make_cache
 from poolworker.metrics import Metrics
 from poolworker.worker import Worker
-from refs import bert_hidden, decoder_hidden_single, mean_pool
-from streaming import RunningWorker, produce, read_topic, worker_settings
 
 CASES = json.loads((Path(__file__).parent / "conformance" / "vllm_bodies.json").read_text())["cases"]
 # vLLM's embed test model is served with this template (DUMMY_CHAT_TEMPLATE in
@@ -76,7 +76,12 @@ class References:
 
     def __init__(self, paths: dict[str, Path]) -> None:
         from sentence_transformers import SentenceTransformer
-        from transformers import AutoModel, AutoModelForSequenceClassification, AutoModelForTokenClassification, AutoTokenizer
+        from transformers import (
+            AutoModel,
+            AutoModelForSequenceClassification,
+            AutoModelForTokenClassification,
+            AutoTokenizer,
+        )
 
         self.paths = paths
         self.tokenizers = {name: AutoTokenizer.from_pretrained(str(p)) for name, p in paths.items()}

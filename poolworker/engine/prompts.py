@@ -183,7 +183,7 @@ class PromptTokenizer:
         kwargs.update(add_generation_prompt=add_generation_prompt, continue_final_message=continue_final_message)
         try:
             text = self.tokenizer.apply_chat_template(conversation, tokenize=False, **kwargs)
-        except Exception as exc:  # jinja2 errors, raise_exception() in templates, bad continue_final_message
+        except Exception as exc:  # noqa: BLE001 - jinja2 errors, raise_exception() in templates, bad continue_final_message
             raise InvalidInput(f"{where}: the chat template failed on this conversation: {exc}", where) from None
         return text if isinstance(text, str) else str(text)
 

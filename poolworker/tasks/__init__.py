@@ -21,17 +21,15 @@ from .rendering import Renderer
 
 __all__ = [
     "BINARY_FORMATS",
-    "Renderer",
-    "binary_result",
-    "check_output",
-    "to_bytes",
-    "vector_key",
     "Item",
     "ItemResult",
     "ModelCall",
     "ModelInput",
     "Plan",
+    "Renderer",
     "assemble",
+    "binary_result",
+    "check_output",
     "float32_base64",
     "item_labels",
     "model_call",
@@ -39,5 +37,7 @@ __all__ = [
     "run_call",
     "run_plan",
     "score_pairs",
+    "to_bytes",
     "tokenize_items",
+    "vector_key",
 ]
