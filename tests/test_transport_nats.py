@@ -231,6 +231,37 @@ def test_transport_creates_streams_polls_produces_and_acks(nats_url, names):
         transport.close()
 
 
+def test_messages_held_longer_than_ack_wait_are_kept_alive_not_redelivered(nats_url, names):
+    """Handed over or still buffered (paused), a delivered message gets +WPI: after three
+    ack_waits nothing was redelivered, and every message arrives once, delivery count 1."""
+    transport = NatsTransport(settings_for(nats_url, names, redelivery_timeout_s=1.0), on_revoked=lambda _p: None)
+    transport.start()
+    try:
+        async def send():
+            nc = await nats.connect(nats_url)
+            for i in range(20):
+                await nc.jetstream().publish(names["requests_topic"], f"v{i}".encode())
+            await nc.close()
+        run(send())
+        first = []
+        wait_until(lambda: first.extend(transport.poll(0.2, 5)) or first, 10, "nothing polled")
+        transport.pause()  # the pull's other messages may arrive meanwhile: buffered, not handed over
+        assert transport.poll(0.1, 5) == []
+        time.sleep(3.0)  # three ack_waits
+        assert run(consumer_state(nats_url, names)).num_redelivered == 0
+        transport.resume()
+        rest = []
+        wait_until(lambda: rest.extend(transport.poll(0.2, 50)) or len(first) + len(rest) >= 20, 10, "messages missing")
+        records = first + rest
+        assert sorted(r.source.offset for r in records) == list(range(1, 21))
+        assert {r.source.deliveries for r in records} == {1}
+        for record in records:
+            transport.finish(record.source)
+        wait_until(lambda: run(consumer_state(nats_url, names)).num_ack_pending == 0, 10, "not acked")
+    finally:
+        transport.close()
+
+
 # ------------------------------------------------------------------------------------------------
 # A real worker
 # ------------------------------------------------------------------------------------------------
@@ -257,6 +288,31 @@ def test_worker_answers_pool_client_over_nats_with_engine_vectors(nats_url, name
     assert keyed["doc-0"]["status"] == "ok" and keyed["doc-0"]["task"] == "embed"
     state = run(consumer_state(nats_url, names))
     assert state.num_ack_pending == 0 and state.num_pending == 0
+
+
+def test_reply_to_a_subject_no_stream_captures_reaches_live_subscribers(nats_url, names, minilm_engine):
+    """reply_to names a subject without a stream: the result goes out as core NATS (request-reply
+    style) to whoever listens, and the request is acked."""
+    reply = names["results_topic"].replace(".results", ".replies")
+    running = start_worker(settings_for(nats_url, names, allowed_reply_topics=r"nt[0-9a-f]+\.replies"),
+                           {"minilm": minilm_engine})
+
+    async def ask():
+        nc = await nats.connect(nats_url)
+        sub = await nc.subscribe(reply)
+        await nc.flush()
+        request = json.loads(embed_request("direct", "answer me here"))
+        await nc.jetstream().publish(names["requests_topic"], json.dumps({**request, "reply_to": reply}).encode())
+        answer = await sub.next_msg(timeout=30)
+        await nc.close()
+        return answer
+
+    try:
+        answer = run(ask(), 40)
+        wait_until(lambda: run(consumer_state(nats_url, names)).num_ack_pending == 0, 10, "not acked")
+    finally:
+        running.stop()
+    assert json.loads(answer.data)["request_id"] == "direct" and answer.headers["status"] == "ok"
 
 
 def test_request_is_acked_only_after_its_result_is_stored(nats_url, names, minilm_engine):

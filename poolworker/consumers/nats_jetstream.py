@@ -7,9 +7,10 @@ consumer named ``--group-id`` on the requests stream: explicit ack, ``ack_wait``
 ``redelivery_timeout_s``, no JetStream ``max_deliver`` limit (the worker's own rule dead-letters a
 record handed out more than ``max_deliveries`` times — a server-side limit would instead park the
 message silently after its last delivery). A request is acked only after its answer's publish
-was acked by JetStream (the ``PubAck``); records in flight get ``+WPI`` (in progress) every third
-of ``ack_wait``, so ``ack_wait`` bounds how long a *dead* worker holds a message, not how long
-a live one may take.
+was acked by JetStream (the ``PubAck``); every message delivered to a worker and not yet acked
+(being computed, queued, or buffered while paused) gets ``+WPI`` (in progress) every third of
+``ack_wait``, so ``ack_wait`` bounds how long a *dead* worker holds a message, not how long a
+live one may take.
 
 nats-py is asyncio, the ``Transport`` interface is synchronous and called from two threads: one
 event loop runs on a thread this transport owns, and the interface hands it work through
@@ -472,6 +473,7 @@ class NatsTransport:
                 log.warning("nats: close did not complete (%s)", exc)
         self.io.stop()
         self.io = None
+        self.puller = None
 
     async def _close(self) -> None:
         if self.puller is not None:
