@@ -285,6 +285,13 @@ def test_fields_the_task_does_not_read_are_ignored_with_a_warning_naming_them(bo
     assert field == "warnings" or field not in request.model_fields_set
 
 
+def test_a_misspelt_required_field_is_named_in_the_error():
+    error = invalid(raw({"request_id": "t", "task": "embed", "inputs": "x"})).error
+    assert error.param == "input" and "'inputs' looks like a misspelling" in error.message
+    error = invalid(raw({"request_id": "t", "task": "rerank", "querry": "q", "documents": ["d"]})).error
+    assert error.param == "query" and "'querry'" in error.message
+
+
 def test_every_field_of_vllms_request_classes_is_accepted():
     common = {"user": "u", "priority": -3, "cache_salt": "salt", "mm_processor_kwargs": {}, "truncate_prompt_tokens": -1,
               "truncation_side": "left", "padding": "do_not_pad"}

@@ -9,6 +9,7 @@ to fix.
 
 from __future__ import annotations
 
+import difflib
 import re
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal, NoReturn, get_args
@@ -296,10 +297,15 @@ class PoolingRequest(BaseModel):
         elif self.task == "rerank":
             self._check_rerank()
         elif self.form != "chat" and self.input is None:
-            _fail("input", f"input is required for task '{self.task}'")
+            _fail("input", f"input is required for task '{self.task}'{self._misspelt('input')}")
         if self.dimensions is not None and self.pooling_task in ("classify", "token_classify"):
             _fail("dimensions", f"dimensions applies to embed and token_embed, not pooling_task '{self.pooling_task}'")
         return self
+
+    def _misspelt(self, name: str) -> str:
+        """A hint when an ignored field looks like ``name`` misspelt (``inputs`` for ``input``)."""
+        close = difflib.get_close_matches(name, self.ignored, n=1)
+        return f"; the ignored field {close[0]!r} looks like a misspelling of it" if close else ""
 
     def _fold_chat(self) -> None:
         if self.messages is not None and self.input is not None:
@@ -339,9 +345,9 @@ class PoolingRequest(BaseModel):
 
     def _check_rerank(self) -> None:
         if self.query is None:
-            _fail("query", "query is required for task 'rerank'")
+            _fail("query", f"query is required for task 'rerank'{self._misspelt('query')}")
         if self.documents is None:
-            _fail("documents", "documents is required for task 'rerank'")
+            _fail("documents", f"documents is required for task 'rerank'{self._misspelt('documents')}")
         if isinstance(self.documents, str):  # vLLM takes one document as a string, too
             self.documents = [self.documents]
 
