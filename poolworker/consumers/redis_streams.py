@@ -12,8 +12,8 @@ How delivery works, and why:
 - New entries come from ``XREADGROUP ... >``. A request is XACKed only after the entry
   answering it (result or dead letter) was written: ``produce`` queues the XADD for a sender
   thread that pipelines whatever is queued and calls ``on_acked`` once the server returned the
-  entry's id, the publisher then calls ``finish``, and the next ``commit`` (every 0.5 s) XACKs
-  everything finished in one call.
+  entry's id; the publisher then calls ``finish``, and the sender XACKs everything its round
+  trip answered in one more call (``commit``, every 0.5 s, retries what failed).
 - A dead worker's entries stay pending in the group. Every worker runs ``XAUTOCLAIM`` for
   entries idle longer than ``redelivery_timeout_s`` and serves them, with their delivery count
   (from XPENDING: each claim counts one) in ``Source.deliveries``, so the receive loop sends an
@@ -200,15 +200,17 @@ class _Backoff:
 class _Sender:
     """Writes entries in order on a thread of its own, everything queued meanwhile in one
     pipelined round trip, then runs each entry's callback: ``on_acked`` once the server
-    returned its id, ``on_failed`` otherwise.
+    returned its id, ``on_failed`` otherwise; then ``after_write`` (the transport XACKs what
+    those callbacks finished).
 
     Why a thread: one XADD is a round trip (~270 us on this 2-core VM), so XADD-and-wait per
     result capped the transport at ~1,800 results/s; pipelining what piles up during a round
     trip is how Kafka producers batch too, without a linger wait (measured in
     docs/transports/redis-streams.md)."""
 
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(self, client: redis.Redis, after_write: Callable[[], None]) -> None:
         self.client = client
+        self.after_write = after_write
         self._queue: list[tuple[list[Any], Callable[[], None], Callable[[Exception], None]]] = []
         self._cond = threading.Condition()
         self._busy = False
@@ -257,6 +259,7 @@ class _Sender:
                     on_acked()
             except Exception:  # one callback's bug must not stop the others
                 log.exception("a produce callback failed")
+        self.after_write()
 
     def flush(self, timeout_s: float) -> bool:
         """Wait until everything queued was written or failed; False on timeout."""
@@ -311,7 +314,7 @@ class RedisStreamsTransport:
     # -- lifecycle -------------------------------------------------------------------------------
     def start(self) -> None:
         self.client = connect(self.settings.transport_url)
-        self.sender = _Sender(self.client)
+        self.sender = _Sender(self.client, after_write=self._ack_answered)
         self._create_group()
         self._started = True
         log.info("redis-streams: consumer %s of group %s on %s (%s)", self.consumer, self.group, self.stream,
@@ -495,6 +498,20 @@ class RedisStreamsTransport:
             with self._lock:
                 self._to_ack[:0] = done
             self._failed(f"acknowledging {len(done)} entries of" if done else "renewing the claim on", exc)
+
+    def _ack_answered(self) -> None:
+        """XACK at once what the sender's last round trip answered (on the sender thread), so a
+        crash replays at most a round trip's worth instead of up to 0.5 s of results; a failure
+        leaves them to ``commit``, which retries and logs."""
+        with self._lock:
+            done, self._to_ack = self._to_ack, []
+        if not done:
+            return
+        try:
+            self.client.xack(self.stream, self.group, *done)
+        except RedisError:
+            with self._lock:
+                self._to_ack[:0] = done
 
     def _renew(self) -> None:
         """Reset the idle time of the entries in flight here (XCLAIM JUSTID counts no delivery),
