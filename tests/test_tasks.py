@@ -492,3 +492,20 @@ def test_cohere_bit_packing_needs_a_dimension_divisible_by_8(engine):
         assert caught.value.param == "embedding_types"
     float_only = request(task="embed", texts=["a"], output_dimension=12)
     check_output(float_only, model_call(engine, plan(float_only))[0])
+
+
+def test_a_score_instruction_is_refused_where_a_score_template_would_need_it():
+    from types import SimpleNamespace
+
+    from poolworker.engine.errors import InvalidInput
+    from poolworker.tasks import check_output
+
+    templated = SimpleNamespace(mode="cross-encoder", engine=SimpleNamespace(score_template=object()))
+    plain_model = SimpleNamespace(mode="cross-encoder", engine=SimpleNamespace(score_template=None))
+    for field, value in (("instruction", "Judge relevance"), ("chat_template_kwargs", {"instruction": "x"})):
+        req = request(task="rerank", query="q", documents=["d"], **{field: value})
+        check_output(req, plain_model)  # no template: ignored, as vLLM ignores it
+        with pytest.raises(InvalidInput) as caught:
+            check_output(req, templated)
+        assert caught.value.param == field
+    check_output(request(task="rerank", query="q", documents=["d"]), templated)

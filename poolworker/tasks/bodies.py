@@ -127,9 +127,15 @@ _COHERE_TYPES = {
 
 
 def check_output(request: PoolingRequest, call: ModelCall) -> None:
-    """Refuse, before any work, a body that could not be built from the call's vectors: Cohere
-    bit-packed types need a dimension divisible by 8 (``InvalidInput`` naming
-    ``embedding_types``)."""
+    """Refuse, before any work, what the call could not answer as vLLM would (``InvalidInput``
+    naming the field): Cohere bit-packed types need a dimension divisible by 8; a score
+    ``instruction`` (or ``chat_template_kwargs``) would change a score-template model's prompt,
+    which the engine does not take yet, so it is refused there rather than silently dropped
+    (models without a score template ignore it, as in vLLM)."""
+    if call.mode != "encode" and getattr(call.engine, "score_template", None) is not None:
+        for name in ("instruction", "chat_template_kwargs"):
+            if getattr(request, name):
+                raise InvalidInput(f"{name} is not applied to score templates by this worker yet; leave it out", name)
     if request.form != "cohere" or not {"binary", "ubinary"} & set(request.embedding_types or ()):
         return
     size = call.params.dimensions or call.engine.pooler.embedding_size
