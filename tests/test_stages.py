@@ -171,3 +171,20 @@ def test_errors_travel_through_the_ordered_queue_without_model_work(engines, mon
     monkeypatch.setattr("poolworker.batching.run_call", lambda call, inputs: pytest.fail("no model work for an error"))
     (finished,) = infer(prepared)
     assert finished.error.type == "unsupported_task" and finished.results == ()
+
+
+def test_ignored_fields_are_counted_and_travel_as_warnings(engines):
+    from prometheus_client import CollectorRegistry
+
+    from poolworker.metrics import Metrics
+
+    registry = CollectorRegistry()
+    stage = Preparer(engines, make_cache(None), results_topic="res", allowed_reply_topics=None, max_request_bytes=1 << 20,
+                     max_items_per_request=64, metrics=Metrics(registry))
+    out = stage.prepare(records({"request_id": "w", "task": "embed", "input": "x", "foo": 1, "top_n": 2},
+                                {"request_id": "v", "task": "embed", "input": "y", "foo": 2}))
+    assert all(p.error is None for p in out)
+    assert out[0].request.warnings == ("unknown field 'foo' ignored",
+                                       "field 'top_n' does not apply to a completion 'embed' request; ignored")
+    assert registry.get_sample_value("poolworker_ignored_fields_total", {"field": "foo"}) == 2
+    assert registry.get_sample_value("poolworker_ignored_fields_total", {"field": "top_n"}) == 1
