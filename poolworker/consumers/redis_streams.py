@@ -238,6 +238,8 @@ class _Sender:
                 self._busy = True
             try:
                 self._write(batch)
+            except Exception:  # the thread must outlive any bug: a dead sender would stall every answer
+                log.exception("redis-streams: writing %d entries failed unexpectedly", len(batch))
             finally:
                 with self._cond:
                     self._busy = False
@@ -249,7 +251,7 @@ class _Sender:
             pipe.execute_command(*command)
         try:
             replies = pipe.execute(raise_on_error=False)
-        except RedisError as exc:  # the connection failed: which of them were written is unknown
+        except Exception as exc:  # noqa: BLE001 - the connection failed (which entries were written is unknown), or a bug: each is failed
             replies = [exc] * len(batch)
         for (_, on_acked, on_failed), reply in zip(batch, replies):
             try:
