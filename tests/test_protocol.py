@@ -211,7 +211,8 @@ INVALID = [
     ({"request_id": "req-7", "task": "score", "text_1": "a", "queries": "b", "text_2": "c"}, "queries", "invalid_request"),
     ({"request_id": "req-7", "task": "score", "text_1": "a", "text_2": []}, "text_2", "invalid_request"),
     ({"request_id": "req-7", "task": "score", "text_1": [1, 2], "text_2": "a"}, "text_1[0]", "invalid_request"),
-    ({"request_id": "req-7", "task": "embed", "inputs": ["x"]}, "input", "invalid_request"),
+    ({"request_id": "req-7", "task": "embed", "inputs": ["x"]}, "inputs[0]", "invalid_request"),  # a Cohere field
+    ({"request_id": "req-7", "task": "embed", "inputz": ["x"]}, "input", "invalid_request"),
     (embed(input=""), "input", "invalid_request"),
     (embed(input=["a", ""]), "input[1]", "invalid_request"),
     (embed(normalize=True), "normalize", "invalid_request"),
@@ -286,8 +287,8 @@ def test_fields_the_task_does_not_read_are_ignored_with_a_warning_naming_them(bo
 
 
 def test_a_misspelt_required_field_is_named_in_the_error():
-    error = invalid(raw({"request_id": "t", "task": "embed", "inputs": "x"})).error
-    assert error.param == "input" and "'inputs' looks like a misspelling" in error.message
+    error = invalid(raw({"request_id": "t", "task": "embed", "inputz": "x"})).error
+    assert error.param == "input" and "'inputz' looks like a misspelling" in error.message
     error = invalid(raw({"request_id": "t", "task": "rerank", "querry": "q", "documents": ["d"]})).error
     assert error.param == "query" and "'querry'" in error.message
 

@@ -22,10 +22,10 @@ def check_conversations(conversations: list, field: str, max_items: int, fail: F
         if not isinstance(conversation, list) or not conversation:
             fail(where, f"{where} must be a non-empty list of messages")
         for m, message in enumerate(conversation):
-            _check_message(message, f"{where}[{m}]", fail)
+            check_message(message, f"{where}[{m}]", fail)
 
 
-def _check_message(message: Any, where: str, fail: Fail) -> None:
+def check_message(message: Any, where: str, fail: Fail) -> None:
     if not isinstance(message, dict) or not isinstance(message.get("role"), str):
         fail(where, f"{where} must be a message: an object with a string 'role'")
     content = message.get("content")
@@ -42,4 +42,4 @@ def _check_message(message: Any, where: str, fail: Fail) -> None:
             fail(at, f"{at}.text must be a string")
 
 
-__all__ = ["check_conversations"]
+__all__ = ["check_conversations", "check_message"]

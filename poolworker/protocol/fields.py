@@ -76,7 +76,7 @@ def is_conversation_list(value: Any) -> bool:
 def form_of(body: Mapping[str, Any]) -> Form:
     """Which of vLLM's request classes a body meets (vLLM picks the first of its union that
     validates; these are the fields that decide it)."""
-    if body.get("task") == "embed" and "texts" in body and "input" not in body:
+    if body.get("task") == "embed" and "input" not in body and any(k in body for k in ("texts", "inputs", "images")):
         return "cohere"
     if "messages" in body:
         return "chat"

@@ -1,10 +1,10 @@
 """``PoolingRequest``: one request as the worker accepts it, and the checks that make it so.
 
-Field names follow vLLM's HTTP API so that a body that works there works here. Validation is
-strict on purpose: a request is machine-written, and a silently coerced ``"5"`` or an ignored
-misspelt field (``"inputs"``) would hide a caller's bug behind a plausible answer. Every check
-made by hand names the exact field path (``input[3]``) so the error result can say which field
-to fix.
+Field names follow vLLM's HTTP API so that a body that works there works here. Types are strict
+on purpose: a request is machine-written, and a silently coerced ``"5"`` would hide a caller's
+bug behind a plausible answer. Fields the task does not read never get here: ``fields`` drops
+them first and the result names them in ``warnings``. Every check made by hand names the exact
+field path (``input[3]``) so the error result can say which field to fix.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from .chat import check_conversations
+from .chat import check_conversations, check_message
 
 Task = Literal["embed", "classify", "score", "rerank", "token_embed", "token_classify", "reward", "pooling"]
 PoolingTask = Literal["embed", "classify", "token_embed", "token_classify"]
@@ -262,7 +262,7 @@ class PoolingRequest(BaseModel):
                                 "without '@', '/', '\\' or NUL")
         return value
 
-    @field_validator("mm_processor_kwargs", "media_io_kwargs", "images", "inputs")
+    @field_validator("mm_processor_kwargs", "media_io_kwargs", "images")
     @classmethod
     def _text_only(cls, value: object, info: ValidationInfo) -> object:
         if value:
@@ -296,7 +296,7 @@ class PoolingRequest(BaseModel):
             self._fold_score_pairs()
         elif self.task == "rerank":
             self._check_rerank()
-        elif self.form != "chat" and self.input is None:
+        elif self.form != "chat" and self.input is None and self.inputs is None:
             _fail("input", f"input is required for task '{self.task}'{self._misspelt('input')}")
         if self.dimensions is not None and self.pooling_task in ("classify", "token_classify"):
             _fail("dimensions", f"dimensions applies to embed and token_embed, not pooling_task '{self.pooling_task}'")
@@ -319,10 +319,17 @@ class PoolingRequest(BaseModel):
         self.messages, self.input = conversations, None
 
     def _fold_cohere(self) -> None:
-        if not self.texts:
-            _fail("texts", "Exactly one of texts, images, or inputs must be provided, and it must be non-empty")
-        _check_not_empty_text(self.texts, "texts")
-        self.input, self.dimensions = self.texts, self.output_dimension
+        given = [name for name in ("texts", "images", "inputs") if getattr(self, name) is not None]
+        if len(given) != 1 or not getattr(self, given[0]):
+            _fail(given[-1] if given else "texts",
+                  "Exactly one of texts, images, or inputs must be provided, and it must be non-empty")
+        if self.inputs is not None:  # content lists, rendered through the chat template (text parts only)
+            for i, item in enumerate(self.inputs):
+                check_message({"role": "user", **item} if isinstance(item, dict) else item, f"inputs[{i}]", _fail)
+        else:
+            _check_not_empty_text(self.texts, "texts")
+            self.input = self.texts
+        self.dimensions = self.output_dimension
         if self.truncate == "START":
             self.truncate_prompt_tokens, self.truncation_side = (self.max_tokens or -1), "left"
         elif self.truncate == "END":

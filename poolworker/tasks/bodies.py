@@ -103,9 +103,12 @@ def _cohere(request: PoolingRequest, results: Sequence[ItemResult]) -> dict[str,
     vectors = [r.data for r in results]
     embeddings = {kind: _COHERE_TYPES[kind](vectors) for kind in request.embedding_types or ["float"]}
     tokens = sum(r.num_tokens for r in results)
-    return {"id": request.request_id, "embeddings": embeddings, "texts": request.texts,
+    body = {"id": request.request_id, "embeddings": embeddings, "texts": request.texts,
             "meta": {"api_version": {"version": "2"}, "billed_units": {"input_tokens": tokens, "image_tokens": 0}},
             "response_type": "embeddings_by_type"}
+    if request.texts is None:  # vLLM writes its response without the unset fields
+        del body["texts"]
+    return body
 
 
 def _packed_bits(vectors: list[ItemData], signed: bool) -> np.ndarray:

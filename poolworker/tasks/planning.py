@@ -80,8 +80,12 @@ def plan(request: PoolingRequest, renderer: Renderer | None = None) -> Plan:
         return Plan("score", None, _options(request, _SCORE_OPTIONS), items)
     pooling_task = request.pooling_task if request.task == "pooling" else _ENCODE_TASKS[request.task]
     resolved: dict[str, Scalar] = {"add_special_tokens": request.special_tokens}
-    if request.form == "cohere" and request.truncate == "NONE" and request.max_tokens is not None:
-        resolved["refuse_above"] = request.max_tokens
+    if request.form == "cohere":
+        if request.truncate == "NONE" and request.max_tokens is not None:
+            resolved["refuse_above"] = request.max_tokens
+        rendered = request.input_type is not None or request.inputs is not None
+        if rendered and _needed(renderer).cohere_through_template(request):
+            resolved["add_special_tokens"] = False
     options = _options(request, _ENCODE_OPTIONS, **resolved)
     return Plan("encode", pooling_task, options, _prompt_items(_prompts(request, renderer)))
 
@@ -89,7 +93,7 @@ def plan(request: PoolingRequest, renderer: Renderer | None = None) -> Plan:
 def _prompts(request: PoolingRequest, renderer: Renderer | None) -> str | list:
     if request.form == "chat":
         return _needed(renderer).conversations(request)
-    if request.form == "cohere" and request.input_type is not None:
+    if request.form == "cohere" and (request.input_type is not None or request.inputs is not None):
         return _needed(renderer).cohere_texts(request)
     return request.input  # type: ignore[return-value]
 
@@ -107,7 +111,7 @@ def item_labels(request: PoolingRequest, work: Plan) -> list[str]:
         return ["messages"] if len(work.items) == 1 else [f"messages[{i}]" for i in range(len(work.items))]
     if work.engine_call == "encode":
         prompts = request.input
-        field = "texts" if request.form == "cohere" else "input"
+        field = ("inputs" if request.inputs is not None else "texts") if request.form == "cohere" else "input"
         single = isinstance(prompts, str) or (bool(prompts) and isinstance(prompts[0], int))  # type: ignore[index]
         return [field] if single else [f"{field}[{i}]" for i in range(len(work.items))]
     field = "documents" if request.task == "rerank" else "text_2"

@@ -33,30 +33,45 @@ class Renderer:
         """One prompt text per conversation of a chat request."""
         conversations = request.messages or []
         labels = ["messages"] if len(conversations) == 1 else [f"messages[{i}]" for i in range(len(conversations))]
-        return [self.tokenizer.render_chat(c, where, add_generation_prompt=request.add_generation_prompt,
+        return [self.tokenizer.render_chat(_text_messages(c), where, add_generation_prompt=request.add_generation_prompt,
                                            continue_final_message=request.continue_final_message,
                                            template_kwargs=request.chat_template_kwargs)
                 for c, where in zip(conversations, labels)]
 
+    def cohere_through_template(self, request: PoolingRequest) -> bool:
+        """Whether ``cohere_texts`` renders through the chat template (the template then writes
+        the special tokens, so the tokenizer adds none, as for any chat input)."""
+        return request.inputs is not None or (bool(self._instruction(request.input_type)) and self.tokenizer.has_chat_template)
+
     def cohere_texts(self, request: PoolingRequest) -> list[str]:
-        """The texts of a Cohere body with its ``input_type`` instruction applied: as a system
-        message through the chat template when the model has one, else as a prefix."""
+        """The prompts of a Cohere body: ``inputs`` (content lists) through the chat template;
+        ``texts`` with the ``input_type`` instruction applied, as a system message through the
+        chat template when the model has one, else as a prefix."""
+        prefix = self._instruction(request.input_type)
+        if request.inputs is not None:  # content lists: always through the chat template, as vLLM renders them
+            system = [{"role": "system", "content": prefix}] if prefix else []
+            return [self.tokenizer.render_chat(_text_messages(system + [{"role": "user", "content": item["content"]}]),
+                                               f"inputs[{i}]") for i, item in enumerate(request.inputs)]
         texts = list(request.texts or [])
-        if request.input_type is None:
-            return texts
-        if not self.instructions:
-            raise InvalidInput(f"Unsupported input_type {request.input_type!r}. This model does not define any "
-                               "input_type task instructions.", "input_type")
-        prefix = self.instructions.get(request.input_type)
-        if prefix is None:
-            raise InvalidInput(f"Unsupported input_type {request.input_type!r}. Supported values: "
-                               f"{', '.join(sorted(self.instructions))}", "input_type")
         if not prefix:
             return texts
         if self.tokenizer.has_chat_template:
             return [self.tokenizer.render_chat([{"role": "system", "content": prefix}, {"role": "user", "content": t}],
                                                f"texts[{i}]") for i, t in enumerate(texts)]
         return [prefix + t for t in texts]
+
+    def _instruction(self, input_type: str | None) -> str | None:
+        """The model's prefix for a Cohere ``input_type`` (None: no input_type, or an empty one)."""
+        if input_type is None:
+            return None
+        if not self.instructions:
+            raise InvalidInput(f"Unsupported input_type {input_type!r}. This model does not define any "
+                               "input_type task instructions.", "input_type")
+        prefix = self.instructions.get(input_type)
+        if prefix is None:
+            raise InvalidInput(f"Unsupported input_type {input_type!r}. Supported values: "
+                               f"{', '.join(sorted(self.instructions))}", "input_type")
+        return prefix or None
 
     def cut_pairs(self, request: PoolingRequest, pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
         """Score pairs with each side cut to its token limit (0: no limit)."""
@@ -69,6 +84,14 @@ class Renderer:
         if value >= self.max_model_len:
             raise InvalidInput(f"{name} ({value}) must be less than max_model_len ({self.max_model_len}).", name)
         return value
+
+
+def _text_messages(conversation: list[dict]) -> list[dict]:
+    """Messages whose content is a list of text parts get it as one string, the parts joined by
+    newlines (vLLM's "string" content format, which most templates expect: they concatenate
+    ``message['content']``)."""
+    return [{**m, "content": "\n".join(p["text"] for p in m["content"])} if isinstance(m.get("content"), list) else m
+            for m in conversation]
 
 
 __all__ = ["Renderer"]
