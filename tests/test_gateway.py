@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from streaming import RunningWorker, worker_settings
+from streaming import RunningWorker, produce, read_topic, worker_settings
 
 from poolworker.cache import MemoryCache
 from poolworker.client import PoolClient
@@ -33,11 +33,11 @@ ATOL = 1e-5
 
 
 @pytest.fixture(scope="module")
-def engines(minilm_engine, Engine, cross_encoder_path, seq_cls_path, token_cls_path):
+def engines(minilm_engine, Engine, cross_encoder_path, seq_cls_path, token_cls_path, splade_path):
     cross = Engine(str(cross_encoder_path))
     # "reranker" and "tokcls" are the names the conformance bodies use for the same kinds of model
     return {"minilm": minilm_engine, "cross": cross, "reranker": cross, "sentiment": Engine(str(seq_cls_path)),
-            "tokcls": Engine(str(token_cls_path))}
+            "tokcls": Engine(str(token_cls_path)), "splade": Engine(str(splade_path))}
 
 
 @pytest.fixture(scope="module")
@@ -192,8 +192,15 @@ def test_tei_routes_with_huggingface_hub(stack, http, engines, monkeypatch):
     assert predictions[0]["label"] == ref.label
     close(sorted(p["score"] for p in predictions), sorted(ref.probs))
 
+    sparse = http.post("/embed_sparse", json={"model": "splade", "inputs": [TEXTS[0]]}).json()
+    dense = np.asarray(engines["splade"].embed(TEXTS[0])[0].outputs.embedding)
+    assert [e["index"] for e in sparse[0]] == np.flatnonzero(dense).tolist()
+    close([e["value"] for e in sparse[0]], dense[dense != 0])
+
     response = http.post("/embed", json={"inputs": "x", "model": "nope"})
     assert response.status_code == 422 and response.json()["error_type"] == "Validation"
+    response = http.post("/predict", json={"model": "sentiment", "inputs": ["a pair", "of texts"]})
+    assert response.status_code == 422 and "pair" in response.json()["error"]
 
 
 def test_cohere_client_embed_and_rerank(stack, engines, minilm_st):
@@ -239,6 +246,22 @@ def test_429_at_the_inflight_cap_and_504_past_the_deadline(broker):
         gateway.stop()
 
 
+def test_a_restarted_gateway_reuses_its_reply_topic(broker, stack):
+    """A gateway holds nothing the pool needs: stopped and started again with the same instance
+    id, it answers on the same reply topic (read from its end, so old replies are skipped)."""
+    settings = GatewaySettings(bootstrap_servers=broker.bootstrap_servers, port=0, partitions=1, instance_id=f"restart-{uuid.uuid4().hex[:8]}",
+                               requests_topic=stack["worker"].requests_topic, models=["minilm"])
+    topics = []
+    for _ in range(2):
+        gateway = serve_in_thread(settings)
+        try:
+            topics.append(gateway.reply_topic)
+            assert httpx.post(f"{gateway.url}/v1/embeddings", json={"input": "again"}, timeout=60).status_code == 200
+        finally:
+            gateway.stop()
+    assert topics[0] == topics[1] == f"poolworker.replies.{settings.instance_id}"
+
+
 def test_worker_answers_expired_without_a_forward(stack, engines, monkeypatch):
     """A request whose deadline_ms header is in the past: error ``expired``, counted, and the
     model is never called for it (a request without a deadline still is)."""
@@ -261,6 +284,9 @@ def test_worker_answers_expired_without_a_forward(stack, engines, monkeypatch):
         future = str(int(time.time() * 1000) + 60_000).encode()
         ok = client.submit({"task": "embed", "model": "minilm", "input": "in time"}, headers=[("deadline_ms", future)]).result(60)
         assert ok["error"] is None and forwards == [1]
+        # a deadline that is not ASCII digits is ignored: the request is computed
+        odd = client.submit({"task": "embed", "model": "minilm", "input": "odd deadline"}, headers=[("deadline_ms", b"soon")]).result(60)
+        assert odd["error"] is None and forwards == [1, 1]
 
 
 # -- vLLM's own request bodies, over HTTP and on Kafka ------------------------------------------------
@@ -298,11 +324,16 @@ def test_vllm_bodies_are_answered_over_http_as_on_kafka(case, stack, http, minil
     if isinstance(body.get("input"), str) and body["input"].startswith("TOKEN_IDS("):
         body["input"] = AutoTokenizer.from_pretrained(str(minilm_path))(body["input"][len("TOKEN_IDS("):-1])["input_ids"]
     path, http_body = _http_call(case, body)
-    if body.get("encoding_format") in ("bytes", "bytes_only"):  # not served over HTTP yet (docs/gateway.md)
-        response = http.post(path, json=http_body)
-        assert response.status_code == 400 and response.json()["error"]["param"] == "encoding_format"
-        return
     worker = stack["worker"]
+    if body.get("encoding_format") in ("bytes", "bytes_only"):  # Kafka: the raw arrays in the record value
+        raw = _kafka_raw_value(worker, body, case["task"])
+        response = http.post(path, json=http_body)
+        assert response.status_code == 200 and response.headers["content-type"] == "application/octet-stream"
+        assert response.content == raw
+        if body["encoding_format"] == "bytes":
+            items = json.loads(response.headers["metadata"])["data"]
+            assert [i["end"] - i["start"] for i in items] == [len(raw) // len(items)] * len(items)
+        return
     with PoolClient(worker.bootstrap_servers, requests_topic=worker.requests_topic, results_topic=worker.results_topic) as client:
         kafka = client.request({**body, "task": case["task"]}, 60)
     response = http.post(path, json=http_body)
@@ -328,3 +359,15 @@ def test_vllm_bodies_are_answered_over_http_as_on_kafka(case, stack, http, minil
         assert got["data"] == kafka["data"]
     if "usage" in kafka:
         assert got["usage"]["prompt_tokens"] == kafka["usage"]["prompt_tokens"]
+
+
+def _kafka_raw_value(worker, body: dict, task: str) -> bytes:
+    """The value of the worker's ``bytes`` result record for ``body`` (PoolClient reads JSON only)."""
+    request_id = uuid.uuid4().hex
+    produce(worker.bootstrap_servers, worker.requests_topic, [(None, json.dumps({**body, "task": task, "request_id": request_id}).encode())])
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        for record in read_topic(worker.bootstrap_servers, worker.results_topic, 1 << 30, timeout_s=1):
+            if dict(record.headers).get("request_id") == request_id.encode():
+                return record.value
+    raise AssertionError(f"no result for {request_id}")

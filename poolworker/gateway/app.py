@@ -88,6 +88,9 @@ class Gateway:
     async def vllm_call(self, route: vllm.Route, body: dict[str, Any], request: Request) -> Response:
         result = await self._ask(vllm.pool_request(route, body, self.default_model))
         rid = vllm.response_id(route, body, request.headers.get("x-request-id"), uuid.uuid4().hex)
+        if body.get("encoding_format") in vllm.RAW_FORMATS:
+            content, headers = vllm.bytes_response(body, result, rid)
+            return Response(content, media_type="application/octet-stream", headers={**headers, **_warnings(result)})
         return _json(vllm.response_body(route, result, rid), headers=_warnings(result))
 
     async def invocations(self, body: dict[str, Any], request: Request) -> Response:

@@ -78,15 +78,16 @@ class Pool:
         message = {**request, "request_id": request_id, "reply_to": self.reply_topic}
         headers = [(DEADLINE_HEADER, str(deadline_ms).encode("ascii")), ("request_id", request_id.encode("ascii"))]
         self.inflight += 1
-        sent: Future = self._sender.submit(self.client.submit, message, headers=headers)
         try:
-            return await asyncio.wait_for(self._answer(sent), timeout_s)
-        except TimeoutError:
-            # the send may still be running: forget the id once it has registered it, too
-            sent.add_done_callback(lambda _: self.client.forget(request_id))
-            self.client.forget(request_id)
-            raise GatewayError(HTTPStatus.GATEWAY_TIMEOUT, f"no result from the pool within {timeout_s:g} s "
-                               "(are workers running, and do they allow this gateway's reply topic?)") from None
+            sent: Future = self._sender.submit(self.client.submit, message, headers=headers)
+            try:
+                return await asyncio.wait_for(self._answer(sent), timeout_s)
+            except TimeoutError:
+                # the send may still be running: forget the id once it has registered it, too
+                sent.add_done_callback(lambda _: self.client.forget(request_id))
+                self.client.forget(request_id)
+                raise GatewayError(HTTPStatus.GATEWAY_TIMEOUT, f"no result from the pool within {timeout_s:g} s "
+                                   "(are workers running, and do they allow this gateway's reply topic?)") from None
         finally:
             self.inflight -= 1
 

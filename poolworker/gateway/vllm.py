@@ -9,6 +9,8 @@ those here, with vLLM's id prefixes, and drops the envelope (``request_id``, ``t
 
 from __future__ import annotations
 
+import base64
+import json
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -55,8 +57,10 @@ ROUTES: dict[str, Route] = {
     "/pooling": POOLING,
 }
 
-# vLLM's raw-bytes encodings: the answer is the bare array, its metadata in a header.
-_RAW_FORMATS = ("bytes", "bytes_only")
+# vLLM's raw-bytes encodings: the answer is the bare arrays, their metadata in a header.
+RAW_FORMATS = ("bytes", "bytes_only")
+# Bytes per value of each ``embed_dtype`` (vLLM's EmbedDType).
+_ITEMSIZE = {"float32": 4, "float16": 2, "bfloat16": 2, "fp8_e4m3": 1, "fp8_e5m2": 1}
 # Which body fields name a score request's two sides (vLLM's name pairs).
 _SCORE_FIELDS = ("text_1", "text_2", "queries", "items", "data_1", "data_2")
 
@@ -86,15 +90,18 @@ def pool_request(route: Route, body: Mapping[str, Any], default_model: str | Non
     default model when the body names none. On ``/pooling`` vLLM's body field ``task`` (the
     pooling task) is the contract's ``pooling_task``; ``request_id`` and ``reply_to`` are the
     gateway's, never the caller's."""
-    if body.get("encoding_format") in _RAW_FORMATS:
-        raise bad_request(f"encoding_format {body['encoding_format']!r} is not served over this gateway yet (the pool's raw-bytes "
-                          "results carry their shapes in record headers, which it does not read); use 'base64' with the same "
-                          "embed_dtype and endianness", "encoding_format")
+    raw = body.get("encoding_format") in RAW_FORMATS
+    if raw and route is not EMBED:
+        raise bad_request(f"encoding_format {body['encoding_format']!r} is served on /v1/embeddings only here (a token "
+                          "matrix's shape is not in the pool's base64 answer); use 'base64' with the same embed_dtype and "
+                          "endianness", "encoding_format")
     fields = {k: v for k, v in body.items() if k not in ("request_id", "reply_to")}
     if route is POOLING and "task" in fields:
         fields.setdefault("pooling_task", fields.pop("task"))
     if fields.get("model") is None and default_model is not None:
         fields["model"] = default_model
+    if raw:  # the same bytes, as base64 in JSON: the gateway's client reads JSON results only
+        fields["encoding_format"] = "base64"
     return {**fields, "task": route.task}
 
 
@@ -138,6 +145,28 @@ def response_body(route: Route, result: Mapping[str, Any], response_id: str, *, 
     return {**head, "usage": _usage(body.pop("usage", None)), **body}
 
 
+def bytes_response(body: Mapping[str, Any], result: Mapping[str, Any], response_id: str, *,
+                   created: int | None = None) -> tuple[bytes, dict[str, str]]:
+    """vLLM's ``bytes`` / ``bytes_only`` answer from the pool's base64 one (same dtype and byte
+    order): the vectors' bytes one after another, and, for ``bytes``, a ``metadata`` header with
+    each vector's place (``start``/``end``/``shape``), the id, model and usage."""
+    dtype, endianness = body.get("embed_dtype") or "float32", body.get("endianness") or "native"
+    chunks = [base64.b64decode(d["embedding"]) for d in result.get("data", [])]
+    items, offset = [], 0
+    for i, chunk in enumerate(chunks):
+        items.append({"index": i, "embed_dtype": dtype, "endianness": endianness, "start": offset, "end": offset + len(chunk),
+                      "shape": [len(chunk) // _ITEMSIZE.get(dtype, 1)]})
+        offset += len(chunk)
+    headers = {}
+    if body.get("encoding_format") == "bytes":
+        usage = result.get("usage") or {}
+        headers["metadata"] = json.dumps({"id": response_id, "created": int(time.time()) if created is None else created,
+                                          "model": result.get("model"), "data": items,
+                                          "usage": {"prompt_tokens": usage.get("prompt_tokens", 0),
+                                                    "total_tokens": usage.get("total_tokens", 0)}})
+    return b"".join(chunks), headers
+
+
 def model_list(models: list[str], *, created: int | None = None) -> dict[str, Any]:
     """vLLM's ``/v1/models`` body for the names the pool serves."""
     created = int(time.time()) if created is None else created
@@ -150,4 +179,4 @@ def model_list(models: list[str], *, created: int | None = None) -> dict[str, An
         for name in models]}
 
 
-__all__ = ["ENVELOPE", "ROUTES", "Route", "invocation_route", "model_list", "pool_request", "response_body", "response_id"]
+__all__ = ["ENVELOPE", "RAW_FORMATS", "ROUTES", "Route", "bytes_response", "invocation_route", "model_list", "pool_request", "response_body", "response_id"]
