@@ -59,6 +59,8 @@ ROUTES: dict[str, Route] = {
 
 # vLLM's raw-bytes encodings: the answer is the bare arrays, their metadata in a header.
 RAW_FORMATS = ("bytes", "bytes_only")
+# Pooling tasks whose output is one vector per input (its shape is its length).
+_VECTOR_TASKS = ("embed", "classify")
 # Bytes per value of each ``embed_dtype`` (vLLM's EmbedDType).
 _ITEMSIZE = {"float32": 4, "float16": 2, "bfloat16": 2, "fp8_e4m3": 1, "fp8_e5m2": 1}
 # Which body fields name a score request's two sides (vLLM's name pairs).
@@ -91,10 +93,10 @@ def pool_request(route: Route, body: Mapping[str, Any], default_model: str | Non
     pooling task) is the contract's ``pooling_task``; ``request_id`` and ``reply_to`` are the
     gateway's, never the caller's."""
     raw = body.get("encoding_format") in RAW_FORMATS
-    if raw and route is not EMBED:
-        raise bad_request(f"encoding_format {body['encoding_format']!r} is served on /v1/embeddings only here (a token "
-                          "matrix's shape is not in the pool's base64 answer); use 'base64' with the same embed_dtype and "
-                          "endianness", "encoding_format")
+    if raw and not (route is EMBED or (route is POOLING and body.get("task") in _VECTOR_TASKS)):
+        raise bad_request(f"encoding_format {body['encoding_format']!r} is served here for one vector per input only "
+                          "(/v1/embeddings, /pooling with task embed or classify): a token matrix's shape is not in the "
+                          "pool's base64 answer; use 'base64' with the same embed_dtype and endianness", "encoding_format")
     fields = {k: v for k, v in body.items() if k not in ("request_id", "reply_to")}
     if route is POOLING and "task" in fields:
         fields.setdefault("pooling_task", fields.pop("task"))
@@ -151,7 +153,7 @@ def bytes_response(body: Mapping[str, Any], result: Mapping[str, Any], response_
     order): the vectors' bytes one after another, and, for ``bytes``, a ``metadata`` header with
     each vector's place (``start``/``end``/``shape``), the id, model and usage."""
     dtype, endianness = body.get("embed_dtype") or "float32", body.get("endianness") or "native"
-    chunks = [base64.b64decode(d["embedding"]) for d in result.get("data", [])]
+    chunks = [base64.b64decode(d["embedding"] if "embedding" in d else d["data"]) for d in result.get("data", [])]
     items, offset = [], 0
     for i, chunk in enumerate(chunks):
         items.append({"index": i, "embed_dtype": dtype, "endianness": endianness, "start": offset, "end": offset + len(chunk),
