@@ -243,35 +243,62 @@ def _usage(message: dict, ids: list[list[int]]) -> None:
     assert message["usage"] == {"prompt_tokens": tokens, "total_tokens": tokens}
 
 
-def check_embed(case, record, headers, refs) -> None:
-    body = case["body"]
-    want = refs.vectors(case["model"], body, "embed")
-    fmt, dtype, end = body.get("encoding_format", "float"), body.get("embed_dtype", "float32"), body.get("endianness", "native")
+def _encoding(body: dict) -> tuple[str, str, str]:
+    return body.get("encoding_format", "float"), body.get("embed_dtype", "float32"), body.get("endianness", "native")
+
+
+def _check_binary(case, record, headers, refs, want: list[np.ndarray]) -> None:
+    """A bytes/bytes_only result: raw arrays in the value, vLLM's metadata in a header."""
+    fmt, dtype, end = _encoding(case["body"])
+    assert headers["content-type"] == b"application/octet-stream" and headers["encoding_format"] == fmt.encode()
+    if fmt == "bytes_only":
+        assert "metadata" not in headers
+        step = len(record.value) // len(want)  # equal shapes in these cases; bytes_only says nothing more
+        items = [{"start": i * step, "end": (i + 1) * step, "shape": list(w.shape)} for i, w in enumerate(want)]
+    else:
+        meta = json.loads(headers["metadata"])
+        assert meta["request_id"] == case["id"] and meta["model"] == case["model"] and meta["warnings"] == []
+        _usage(meta, refs.ids(case["model"], case["body"]))
+        items = meta["data"]
+        assert [(m["index"], m["embed_dtype"], m["endianness"], m["shape"]) for m in items] == \
+            [(i, dtype, end, list(w.shape)) for i, w in enumerate(want)]
+        assert items[-1]["end"] == len(record.value)
     rtol, atol = DTYPE_TOL[dtype]
+    for item, w in zip(items, want):
+        _close(_decode(record.value[item["start"]:item["end"]], dtype, end, item["shape"]), w, case["id"], rtol, atol)
+
+
+def _check_vectors(case, record, headers, refs, pooling_task: str, obj: str, key: str) -> None:
+    """Vectors or matrices in a list body (``data[i][key]``, ``object`` ``obj``) in any
+    encoding, against the reference."""
+    body = case["body"]
+    want = refs.vectors(case["model"], body, pooling_task)
+    fmt, dtype, end = _encoding(body)
     if fmt in ("bytes", "bytes_only"):
-        assert headers["content-type"] == b"application/octet-stream" and headers["encoding_format"] == fmt.encode()
-        if fmt == "bytes_only":
-            assert "metadata" not in headers
-            step = len(record.value) // len(want)
-            items = [{"start": i * step, "end": (i + 1) * step, "shape": [len(want[i])]} for i in range(len(want))]
-        else:
-            meta = json.loads(headers["metadata"])
-            assert meta["request_id"] == case["id"] and meta["model"] == case["model"] and meta["warnings"] == []
-            _usage(meta, refs.ids(case["model"], body))
-            items = meta["data"]
-            assert [(m["index"], m["embed_dtype"], m["endianness"]) for m in items] == [(i, dtype, end) for i in range(len(want))]
-        for item, w in zip(items, want):
-            _close(_decode(record.value[item["start"]:item["end"]], dtype, end, item["shape"]), w, case["id"], rtol, atol)
+        _check_binary(case, record, headers, refs, want)
         return
     message = _json(record)
-    assert (message["object"], message["model"], message["task"]) == ("list", case["model"], "embed")
-    assert [d["index"] for d in message["data"]] == list(range(len(want)))
-    assert {d["object"] for d in message["data"]} == {"embedding"}
+    assert (message["object"], message["model"], message["id"]) == ("list", case["model"], case["id"])
+    assert [(d["object"], d["index"]) for d in message["data"]] == [(obj, i) for i in range(len(want))]
+    rtol, atol = DTYPE_TOL[dtype]
     for d, w in zip(message["data"], want):
-        got = _decode(base64.b64decode(d["embedding"]), dtype, end, w.shape) if fmt == "base64" else d["embedding"]
+        got = _decode(base64.b64decode(d[key]), dtype, end, w.shape) if fmt == "base64" else d[key]
         _close(got, w, case["id"], rtol, atol)
     _usage(message, refs.ids(case["model"], body))
     assert [w.split("'")[1] for w in message["warnings"]] == case.get("warnings", [])
+
+
+def check_embed(case, record, headers, refs) -> None:
+    _check_vectors(case, record, headers, refs, "embed", "embedding", "embedding")
+
+
+def check_token_embed(case, record, headers, refs) -> None:
+    """vLLM's token-embedding servers answer in the embeddings shape, a matrix per input."""
+    _check_vectors(case, record, headers, refs, "token_embed", "embedding", "embedding")
+
+
+def check_pooling(case, record, headers, refs) -> None:
+    _check_vectors(case, record, headers, refs, case["body"]["pooling_task"], "pooling", "data")
 
 
 def check_classify(case, record, headers, refs) -> None:
@@ -285,24 +312,6 @@ def check_classify(case, record, headers, refs) -> None:
     _usage(message, refs.ids(case["model"], case["body"]))
     if "prompt_tokens" in case:
         assert message["usage"]["prompt_tokens"] == case["prompt_tokens"]
-
-
-def check_pooling(case, record, headers, refs) -> None:
-    message = _json(record)
-    want = refs.vectors(case["model"], case["body"], case["body"]["pooling_task"])
-    assert message["object"] == "list" and [d["object"] for d in message["data"]] == ["pooling"] * len(want)
-    for d, w in zip(message["data"], want):
-        _close(d["data"], w, case["id"])
-    _usage(message, refs.ids(case["model"], case["body"]))
-
-
-def check_token_embed(case, record, headers, refs) -> None:
-    message = _json(record)
-    want = refs.vectors(case["model"], case["body"], "token_embed")
-    assert [d["object"] for d in message["data"]] == ["embedding"] * len(want)
-    for d, w in zip(message["data"], want):
-        assert np.asarray(d["embedding"]).ndim == 2  # one row per token: vLLM's token-embedding shape
-        _close(d["embedding"], w, case["id"])
 
 
 def _score_pairs(body: dict) -> list[tuple[str, str]]:
