@@ -1,8 +1,10 @@
 """Request and result messages: the Kafka-facing contract (DESIGN.md §4).
 
-One module per job: ``errors`` (what can go wrong, as values), ``request`` (the request model
-and its checks), ``decoding`` (hostile bytes → request), ``results`` (result messages and their
-encoding). Import from here; the split is an implementation detail.
+One module per job: ``errors`` (what can go wrong, as values), ``fields`` (which fields each
+task's vLLM request class reads; the rest are dropped with a warning), ``chat`` (the shape of
+chat messages), ``request`` (the request model and its checks), ``decoding`` (hostile bytes →
+request), ``results`` (result messages and their encoding). Import from here; the split is an
+implementation detail. docs/contract.md is the field-by-field contract.
 """
 
 from .decoding import DEFAULT_MAX_DEPTH, DEFAULT_MAX_REQUEST_BYTES, parse_request

@@ -2,7 +2,10 @@
 (``assemble``).
 
 The split exists for the streaming worker: between the two it batches items across requests,
-serves some from the cache and runs the rest through the engine (``engine_calls``).
+serves some from the cache and runs the rest through the engine (``engine_calls``). Inputs that
+are not yet prompt text (chat, Cohere instructions, per-side score cuts) are made text by the
+model's ``Renderer`` while planning; ``encoding`` writes vectors and matrices in vLLM's output
+encodings.
 """
 
 from .bodies import assemble, check_output, vector_key
