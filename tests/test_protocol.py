@@ -349,6 +349,9 @@ def test_the_item_limit_applies_to_input_documents_and_texts():
     assert invalid(raw({"request_id": "r", "task": "rerank", "query": "q", "documents": many[:11]}), max_items=10).error.param == "documents"
     assert invalid(raw({"request_id": "r", "task": "score", "text_1": "q", "text_2": many[:11]}), max_items=10).error.param == "text_2"
     assert invalid(raw(embed(input=[[1]] * 11)), max_items=10).error.param == "input"
+    assert invalid(raw({"request_id": "r", "task": "embed", "texts": many[:11]}), max_items=10).error.param == "texts"
+    one = [{"role": "user", "content": "x"}]
+    assert invalid(raw({"request_id": "r", "task": "embed", "messages": [one] * 11}), max_items=10).error.param == "messages"
     # one prompt given as token ids is one item, however long (its length is the engine's check)
     assert len(parse_request(raw(embed(input=list(range(50)))), max_items=10).input) == 50
     assert len(parse_request(raw(embed(input=many[:10])), max_items=10).input) == 10

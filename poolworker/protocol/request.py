@@ -240,6 +240,14 @@ class PoolingRequest(BaseModel):
             _check_texts(value, str(info.field_name), _max_items(info))
         return value
 
+    @field_validator("texts", "messages", "inputs")
+    @classmethod
+    def _item_limit(cls, value: list | None, info: ValidationInfo) -> list | None:
+        limit = _max_items(info)
+        if value is not None and len(value) > limit:
+            _fail(str(info.field_name), f"{info.field_name} has {len(value)} items, more than the limit of {limit}")
+        return value
+
     @field_validator("truncate_prompt_tokens")
     @classmethod
     def _truncate(cls, value: int | None) -> int | None:
