@@ -267,6 +267,21 @@ def test_lag_pause_and_finish_then_commit(redis_url, names, raw):
         transport.close()
 
 
+def test_a_deleted_stream_and_group_are_made_again(redis_url, names, raw):
+    """What a Redis without persistence looks like after a restart: no stream, no group."""
+    transport = started(redis_url, names, redelivery_timeout_s=0.3)
+    try:
+        raw.xadd(names["requests_topic"], {"value": b"before"})
+        assert [r.value for r in transport.poll(0.5, 10)] == [b"before"]  # in flight, so renewed on each poll
+        raw.delete(names["requests_topic"])
+        time.sleep(0.2)  # past the renewal interval: the next poll's first command meets the missing group
+        assert transport.poll(0.1, 10) == []  # NOGROUP: the group is created again
+        raw.xadd(names["requests_topic"], {"value": b"after"})
+        assert [r.value for r in wait_for(lambda: transport.poll(0.1, 10), what="the new entry")] == [b"after"]
+    finally:
+        transport.close()
+
+
 def test_own_pending_entry_from_a_lost_reply_is_served_first(redis_url, names, raw):
     stream, group = names["requests_topic"], names["group_id"]
     transport = RedisStreamsTransport(settings_for(redis_url, names), on_revoked=lambda _p: None)

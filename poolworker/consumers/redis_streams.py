@@ -341,6 +341,18 @@ class RedisStreamsTransport:
             if "BUSYGROUP" not in str(exc):
                 raise
 
+    def _group_lost(self, exc: ResponseError) -> None:
+        """The stream or the group is gone (deleted, or a Redis without persistence restarted):
+        make them again at id 0, so whatever the stream holds now is served. What the old group
+        had pending is gone with it; those requests are lost to Redis itself, not to us."""
+        log.warning("redis-streams: group %s on %s is gone (%s); creating it again from the stream's start",
+                    self.group, self.stream, exc)
+        try:
+            self._create_group()
+        except RedisError as err:
+            self._failed("recreating the group on", err)
+        self._claim_cursor = "0-0"
+
     def ready(self) -> bool:
         return self._started
 
@@ -365,27 +377,34 @@ class RedisStreamsTransport:
             time.sleep(min(wait, timeout_s))
             return []
         try:
-            self._renew()  # here too, not only in commit: the loop polls every 0.1 s, paused or not
-        except RedisError as exc:
-            self._failed("renewing the claim on", exc)
+            entries = self._receive(timeout_s, max_records)
+        except ResponseError as exc:
+            if "NOGROUP" in str(exc):
+                self._group_lost(exc)
+            else:
+                self._failed("reading", exc)
             return []
-        if self._paused:
-            time.sleep(timeout_s)
-            return []
-        try:
-            entries: list[tuple[str, list[bytes], int]] = []
-            if self._read_own_pending:
-                entries += self._own_pending(max_records)
-            if len(entries) < max_records and time.monotonic() >= self._claim_due:
-                entries += self._claim(max_records - len(entries))
-            if len(entries) < max_records:
-                entries += self._read_new(max_records - len(entries), block_s=0 if entries else timeout_s)
         except RedisError as exc:
             self._failed("reading", exc)
             return []
         if self._backoff.ok():
             log.info("redis-streams: %s answers again", redact_url(self.settings.transport_url))
         return self._records(entries)
+
+    def _receive(self, timeout_s: float, max_records: int) -> list[tuple[str, list[bytes], int]]:
+        """Renew, then this consumer's lost entries, claims, and new entries, up to ``max_records``."""
+        self._renew()  # here too, not only in commit: the loop polls every 0.1 s, paused or not
+        if self._paused:
+            time.sleep(timeout_s)
+            return []
+        entries: list[tuple[str, list[bytes], int]] = []
+        if self._read_own_pending:
+            entries += self._own_pending(max_records)
+        if len(entries) < max_records and time.monotonic() >= self._claim_due:
+            entries += self._claim(max_records - len(entries))
+        if len(entries) < max_records:
+            entries += self._read_new(max_records - len(entries), block_s=0 if entries else timeout_s)
+        return entries
 
     def _read_new(self, count: int, block_s: float) -> list[tuple[str, list[bytes], int]]:
         args: list[Any] = ["XREADGROUP", "GROUP", self.group, self.consumer, "COUNT", count]
