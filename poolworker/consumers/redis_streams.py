@@ -18,17 +18,18 @@ How delivery works, and why:
   entries idle longer than ``redelivery_timeout_s`` and serves them, with their delivery count
   (from XPENDING: each claim counts one) in ``Source.deliveries``, so the receive loop sends an
   entry handed out more than ``max_deliveries`` times to the DLQ stream.
-- A live worker keeps its own in-flight entries from looking dead: ``commit`` re-claims them to
-  itself with ``XCLAIM ... JUSTID`` (which resets their idle time without counting a delivery)
-  every third of ``redelivery_timeout_s``, so a slow batch is not taken over and done twice.
+- A live worker keeps its own in-flight entries from looking dead: ``poll`` and ``commit``
+  re-claim them to itself with ``XCLAIM ... JUSTID`` (which resets their idle time without
+  counting a delivery) every third of ``redelivery_timeout_s``, so a slow batch is not taken
+  over and done twice.
 - Redis unreachable: ``poll`` logs, backs off (0.1 s doubling to 2 s) and returns nothing;
   ``produce`` reports ``on_failed`` (the publisher retries every second); ``commit`` keeps its
   XACKs for the next call. Nothing is acknowledged that was not answered, so nothing is lost;
   after a reconnect the worker first takes back its own pending entries that it is not working
   on (XPENDING for this consumer, then XCLAIM: an entry the server handed out in a reply that
-  never arrived). The price is duplicates: an
-  XADD whose reply was lost is retried, and an entry answered but not yet XACKed when a worker
-  dies is answered again by the worker that claims it.
+  never arrived). A stream or group that vanished (a Redis without persistence restarted) is
+  created again. The price is duplicates: an XADD whose reply was lost is retried, and an entry
+  answered but not yet XACKed when a worker dies is answered again by the worker that claims it.
 """
 
 from __future__ import annotations
