@@ -386,3 +386,26 @@ def test_redis_restart_mid_run_everything_answered_worker_never_dies(tmp_path, n
         server.stop()
     assert any("failed" in r.getMessage() and "retrying" in r.getMessage() for r in caplog.records), "no outage was seen"
     assert PASSWORD not in caplog.text
+
+
+def test_the_reliability_peer_keeps_streams_group_and_pending_entries_across_restart():
+    """tests/reliability/peer_redis.py, which the crash/outage tests trust to keep data."""
+    from reliability.peer_redis import start_peer
+
+    peer = start_peer(None)
+    try:
+        topics = {"requests_topic": "p.requests", "group_id": "g"}
+        peer.produce("p.requests", [(b"k1", b"v1"), (b"k2", None)], headers=[("h", b"x")])
+        client = redis.Redis.from_url(peer.url)
+        client.xgroup_create("p.requests", "g", id="0")
+        client.xreadgroup("g", "c", {"p.requests": ">"}, count=1)
+        assert peer.unacknowledged(topics) == 2  # one pending, one unread
+        peer.restart(down_s=0.2)
+        assert client.xpending("p.requests", "g")["pending"] == 1 and peer.unacknowledged(topics) == 2
+        reader = peer.reader("p.requests")
+        assert reader.until(lambda r: len(r) == 2, 10)
+        assert [(r.key, r.value, r.headers) for r in reader.records] == [(b"k1", b"v1", [("h", b"x")]), (b"k2", None, [("h", b"x")])]
+        reader.close()
+        client.close()
+    finally:
+        peer.stop()
