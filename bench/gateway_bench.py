@@ -1,7 +1,10 @@
 """Gateway benchmark: what does the HTTP hop cost over calling the pool on Kafka directly?
 
-One run, one Tansu broker, one ``poolworker run`` subprocess (bundled MiniLM, no cache) and one
-gateway subprocess in front of it. Single-text ``embed`` calls are sent open-loop at a steady
+One run, one Tansu broker, one ``poolworker run`` subprocess (no cache) and one gateway
+subprocess in front of it. The worker serves ``--model``: ``tiny`` (default; a random one-layer
+BERT with hidden 32 and MiniLM's tokenizer, ``bench/models.tiny_bert``) keeps the pool far from
+its capacity, so what differs between the two paths is the HTTP hop; ``minilm`` is the bundled
+model, whose forward dominates on a CPU. Single-text ``embed`` calls are sent open-loop at a steady
 ``--rate`` for ``--seconds``, alternately:
 
 1. ``direct``: ``PoolClient.submit`` from this process (the Kafka request/reply a Python client
@@ -11,11 +14,12 @@ gateway subprocess in front of it. Single-text ``embed`` calls are sent open-loo
 
 Each call's latency runs from its scheduled send time to its answer, so a client falling behind
 schedule is counted, not hidden. Every text is distinct (no cache hits). ``--rounds`` alternating
-rounds; the table reports each contender's median over rounds of requests/s, p50 and p99, and the
-gateway/direct ratios. Writes ``gateway.json`` to ``--out``. Only ratios from one run mean
+rounds; the table reports each contender's median over rounds of requests/s, p50 and p99, the
+gateway/direct ratios, and the CPU each process spent per call (the load generator, the gateway,
+the worker): on a shared machine the CPU a path costs says more than its latency does. Writes ``gateway.json`` to ``--out``. Only ratios from one run mean
 anything on a shared machine.
 
-Usage: python bench/gateway_bench.py [--rate 40] [--seconds 10] [--rounds 2] [--smoke]
+Usage: python bench/gateway_bench.py [--rate 40] [--seconds 10] [--rounds 2] [--model tiny|minilm] [--smoke]
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ for _path in (ROOT, ROOT / "tests"):  # bench.* and the real-process helpers of 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import psutil
 from reliability.procs import ProcessPool, create_topics
 
 DEFAULT_OUT = ROOT / "bench" / "out"
@@ -57,6 +62,11 @@ def _free_port() -> int:
 def _texts(n: int, tag: str) -> list[str]:
     """Distinct short texts (the cache would otherwise answer repeats)."""
     return [f"{tag} request {i}: Kafka partitions spread load over the consumers of a group." for i in range(n)]
+
+
+def _cpu_s(processes: dict) -> dict[str, float]:
+    """User + system CPU seconds each process has spent so far."""
+    return {name: sum(p.cpu_times()[:2]) for name, p in processes.items()}
 
 
 def _summary(latencies_s: list[float], elapsed_s: float, errors: int) -> dict[str, float]:
@@ -147,39 +157,57 @@ def _warm(client, url: str) -> None:
         httpx.post(f"{url}/v1/embeddings", json={"model": "minilm", "input": "warm"}, timeout=60).raise_for_status()
 
 
-def run(rate: float, seconds: float, rounds: int, out_dir: Path) -> dict:
+def _model_spec(model: str, work: Path) -> str:
+    """``minilm=<path>`` for the worker's ``--model``: the bundled MiniLM or the tiny BERT."""
+    from poolworker.corpus import find_minilm
+
+    if model == "minilm":
+        return f"minilm={find_minilm()}"
+    from bench.models import tiny_bert
+
+    return f"minilm={tiny_bert(work / 'tiny-bert', find_minilm())}"
+
+
+def run(rate: float, seconds: float, rounds: int, out_dir: Path, model: str = "tiny") -> dict:
     from poolworker.broker import start_local_broker
     from poolworker.client import PoolClient
 
     n = max(1, int(rate * seconds))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    load_start = os.getloadavg()
     broker = start_local_broker()
     tag = uuid.uuid4().hex[:8]
     topics = {"requests_topic": f"b{tag}.requests", "results_topic": f"b{tag}.results", "dlq_topic": f"b{tag}.dlq", "group_id": f"g{tag}"}
     create_topics(broker.bootstrap_servers, topics, partitions=1)  # the direct client reads the results topic at once
-    out_dir.mkdir(parents=True, exist_ok=True)
     with closing(ProcessPool(out_dir)) as pool:
-        pool.worker(broker.bootstrap_servers, topics, partitions=1, allowed_reply_topics=REPLY_TOPICS, max_wait_ms=2)
+        worker = pool.worker(broker.bootstrap_servers, topics, partitions=1, allowed_reply_topics=REPLY_TOPICS, max_wait_ms=2,
+                             models=[_model_spec(model, out_dir)])
         port = _free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith("POOLWORKER_")}
         env.update(POOLWORKER_GATEWAY_BOOTSTRAP_SERVERS=broker.bootstrap_servers, POOLWORKER_GATEWAY_PORT=str(port),
                    POOLWORKER_GATEWAY_REQUESTS_TOPIC=topics["requests_topic"], POOLWORKER_GATEWAY_PARTITIONS="1",
                    POOLWORKER_GATEWAY_MODELS='["minilm"]')
-        pool.add(subprocess.Popen([sys.executable, "-c", GATEWAY_MAIN], cwd=ROOT, env=env))
+        gateway = pool.add(subprocess.Popen([sys.executable, "-c", GATEWAY_MAIN], cwd=ROOT, env=env))
         url = f"http://127.0.0.1:{port}"
         _wait_http(url)
+        processes = {"client": psutil.Process(), "gateway": psutil.Process(gateway.pid), "worker": psutil.Process(worker.pid)}
         with PoolClient(broker.bootstrap_servers, requests_topic=topics["requests_topic"], results_topic=topics["results_topic"]) as client:
             _warm(client, url)
             runs: dict[str, list[dict]] = {"direct": [], "gateway": []}
             for r in range(rounds):
-                runs["direct"].append(run_direct(client, _texts(n, f"d{r}"), rate))
-                runs["gateway"].append(asyncio.run(_run_gateway(url, _texts(n, f"g{r}"), rate)))
+                for name, call in (("direct", lambda t: run_direct(client, t, rate)),
+                                   ("gateway", lambda t: asyncio.run(_run_gateway(url, t, rate)))):
+                    before = _cpu_s(processes)
+                    summary = call(_texts(n, f"{name}{r}"))
+                    after = _cpu_s(processes)
+                    summary.update({f"cpu_ms_per_call_{k}": (after[k] - before[k]) * 1000 / n for k in processes})
+                    runs[name].append(summary)
                 print(f"round {r + 1}: direct {runs['direct'][-1]}, gateway {runs['gateway'][-1]}", flush=True)
     broker.stop()
     medians = {name: {k: statistics.median(x[k] for x in rs) for k in rs[0]} for name, rs in runs.items()}
     ratios = {k: medians["gateway"][k] / medians["direct"][k] for k in ("rps", "p50_ms", "p99_ms") if medians["direct"][k]}
-    result = {"rate": rate, "seconds": seconds, "rounds": rounds, "runs": runs, "medians": medians, "gateway_over_direct": ratios,
-              "host": {"cpus": os.cpu_count()}}
-    out_dir.mkdir(parents=True, exist_ok=True)
+    result = {"model": model, "rate": rate, "seconds": seconds, "rounds": rounds, "runs": runs, "medians": medians,
+              "gateway_over_direct": ratios, "host": {"cpus": os.cpu_count(), "load_average": {"start": load_start, "end": os.getloadavg()}}}
     (out_dir / "gateway.json").write_text(json.dumps(result, indent=2))
     print(table(result))
     return result
@@ -187,12 +215,13 @@ def run(rate: float, seconds: float, rounds: int, out_dir: Path) -> dict:
 
 def table(result: dict) -> str:
     m, ratio = result["medians"], result["gateway_over_direct"]
-    rows = ["| path | requests/s | p50 ms | p99 ms | errors |", "|---|---|---|---|---|"]
+    rows = ["| path | requests/s | p50 ms | p99 ms | errors | CPU ms/call: client, gateway, worker |", "|---|---|---|---|---|---|"]
     for name in ("direct", "gateway"):
         x = m[name]
-        rows.append(f"| {name} | {x['rps']:.1f} | {x['p50_ms']:.1f} | {x['p99_ms']:.1f} | {x['errors']:.0f} |")
+        cpu = ", ".join(f"{x[f'cpu_ms_per_call_{k}']:.1f}" for k in ("client", "gateway", "worker"))
+        rows.append(f"| {name} | {x['rps']:.1f} | {x['p50_ms']:.1f} | {x['p99_ms']:.1f} | {x['errors']:.0f} | {cpu} |")
     rows.append(f"| gateway / direct | {ratio.get('rps', float('nan')):.2f} | {ratio.get('p50_ms', float('nan')):.2f} | "
-                f"{ratio.get('p99_ms', float('nan')):.2f} | |")
+                f"{ratio.get('p99_ms', float('nan')):.2f} | | |")
     return "\n".join(rows)
 
 
@@ -201,12 +230,13 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=40.0, help="calls per second, both paths")
     parser.add_argument("--seconds", type=float, default=10.0, help="length of each round")
     parser.add_argument("--rounds", type=int, default=2, help="alternating rounds (medians are reported)")
+    parser.add_argument("--model", choices=("tiny", "minilm"), default="tiny", help="what the worker serves")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes: checks the script, not the speed")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args()
     if args.smoke:
         args.rate, args.seconds, args.rounds = 10.0, 1.0, 1
-    run(args.rate, args.seconds, args.rounds, args.out)
+    run(args.rate, args.seconds, args.rounds, args.out, args.model)
 
 
 if __name__ == "__main__":
