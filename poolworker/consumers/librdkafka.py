@@ -261,8 +261,8 @@ class _DeliveryPump:
         while not self._stop.is_set():
             try:
                 self.producer.poll(PUMP_POLL_S)
-            except Exception:
-                log.exception("a delivery callback failed")
+            except Exception:  # a dead pump would stop every ack: log and keep serving
+                log.exception("serving delivery reports failed")
 
     def stop(self) -> None:
         self._stop.set()
@@ -270,11 +270,18 @@ class _DeliveryPump:
 
 
 def _on_delivery(on_acked: Callable[[], None], on_failed: Callable[[Exception], None]) -> Callable[[KafkaError | None, Any], None]:
+    """The delivery report of one record. Nothing may escape it: confluent-kafka re-raises a
+    callback's exception from whichever ``poll`` served it, which may be the publisher's wait on
+    a full queue, and the record being sent there would be abandoned."""
+
     def report(err: KafkaError | None, _msg: Any) -> None:
-        if err is None:
-            on_acked()
-        else:
-            on_failed(KafkaException(err))
+        try:
+            if err is None:
+                on_acked()
+            else:
+                on_failed(KafkaException(err))
+        except Exception:
+            log.exception("a delivery callback failed")
 
     return report
 
