@@ -17,7 +17,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from .cache import redact_url
 
-SECRET_WORDS = ("password", "secret", "token", "sasl_oauth", "ssl_key", "private")
+SECRET_WORDS = ("password", "secret", "token", "sasl_oauth", "ssl_key", "private", "ssl.key", "oauthbearer")
 
 
 def is_secret_key(key: str) -> bool:
@@ -66,7 +66,8 @@ class WorkerSettings(BaseSettings):
     group_id: str = "poolworker"
     partitions: int = Field(6, ge=1, description="partitions of topics created at start")
     replication_factor: int = Field(1, ge=1)
-    kafka_options: dict[str, Any] = Field(default_factory=dict, description="passed to kafka-python unchanged (SASL/SSL, timeouts)")
+    kafka_options: dict[str, Any] = Field(default_factory=dict, description="kafka-python names (SASL/SSL, timeouts), or librdkafka "
+                                          "properties for kafka-librdkafka (docs/transports/librdkafka.md)")
     session_timeout_ms: int = Field(10_000, ge=1000)
     heartbeat_interval_ms: int = Field(1_000, ge=100)
     max_poll_interval_ms: int = Field(300_000, ge=1000)
