@@ -231,22 +231,29 @@ def test_transport_creates_streams_polls_produces_and_acks(nats_url, names):
         transport.close()
 
 
-def test_messages_held_longer_than_ack_wait_are_kept_alive_not_redelivered(nats_url, names):
-    """Handed over or still buffered (paused), a delivered message gets +WPI: after three
-    ack_waits nothing was redelivered, and every message arrives once, delivery count 1."""
+def test_messages_held_longer_than_ack_wait_are_kept_alive_not_redelivered(nats_url, names, monkeypatch):
+    """Handed over or still buffered (delivered while paused), a message gets +WPI: after three
+    ack_waits nothing was redelivered, and every message arrives once, delivery count 1. Buffered
+    messages do not count as in flight (else a paused loop would never take them)."""
+    monkeypatch.setattr(nats_jetstream, "PULL_EXPIRES_S", 30.0)  # the first pull stays open while paused
     transport = NatsTransport(settings_for(nats_url, names, redelivery_timeout_s=1.0), on_revoked=lambda _p: None)
     transport.start()
+
+    async def send(values):
+        nc = await nats.connect(nats_url)
+        for value in values:
+            await nc.jetstream().publish(names["requests_topic"], value)
+        await nc.close()
+
     try:
-        async def send():
-            nc = await nats.connect(nats_url)
-            for i in range(20):
-                await nc.jetstream().publish(names["requests_topic"], f"v{i}".encode())
-            await nc.close()
-        run(send())
+        run(send([b"v0"]))
         first = []
-        wait_until(lambda: first.extend(transport.poll(0.2, 5)) or first, 10, "nothing polled")
-        transport.pause()  # the pull's other messages may arrive meanwhile: buffered, not handed over
-        assert transport.poll(0.1, 5) == []
+        wait_until(lambda: first.extend(transport.poll(0.2, 20)) or first, 10, "nothing polled")
+        transport.pause()
+        assert transport.poll(0.1, 20) == []
+        run(send([f"v{i}".encode() for i in range(1, 20)]))  # delivered to the open pull: buffered
+        wait_until(lambda: len(transport.puller.inflight) == 20, 10, "the open pull did not deliver")
+        assert transport.inflight() == 1
         time.sleep(3.0)  # three ack_waits
         assert run(consumer_state(nats_url, names)).num_redelivered == 0
         transport.resume()

@@ -512,8 +512,11 @@ class NatsTransport:
         """Nothing to do: each record is acked by ``finish`` once its answer is stored."""
 
     def inflight(self) -> int:
-        """Messages delivered to this worker and not acked (handed over or still buffered)."""
-        return len(self.puller.inflight) if self.puller is not None else 0
+        """Messages handed to the worker and not yet acked. Those delivered but still buffered
+        (at most one pull batch) do not count: a paused loop does not take them, so counting
+        them could keep it paused for ever."""
+        puller = self.puller
+        return max(0, len(puller.inflight) - len(puller.delivered)) if puller is not None else 0
 
     def pause(self) -> None:
         self._paused = True
