@@ -246,6 +246,20 @@ def test_429_at_the_inflight_cap_and_504_past_the_deadline(broker):
         gateway.stop()
 
 
+def test_the_listening_socket_is_tcp_so_asyncio_turns_nagle_off():
+    """asyncio sets TCP_NODELAY only on sockets whose proto is TCP; with Nagle on, every response
+    body waited for the client's delayed ACK (+40 ms a call, measured by bench/gateway_bench.py)."""
+    import socket
+
+    from poolworker.gateway.server import _bind
+
+    sock = _bind("127.0.0.1", 0)
+    try:
+        assert sock.proto == socket.IPPROTO_TCP
+    finally:
+        sock.close()
+
+
 def test_a_restarted_gateway_reuses_its_reply_topic(broker, stack):
     """A gateway holds nothing the pool needs: stopped and started again with the same instance
     id, it answers on the same reply topic (read from its end, so old replies are skipped)."""
