@@ -81,6 +81,8 @@ def run(
     max_inflight_requests: Annotated[int | None, typer.Option(help="Pause consuming above this many unfinished requests.")] = None,
     allowed_reply_topics: Annotated[str | None, typer.Option(help="Regex of topics reply_to may name.")] = None,
     processes: Annotated[int | None, typer.Option(help="Worker processes on this host, one consumer group (1: this process serves).")] = None,
+    io_processor: Annotated[list[str] | None, typer.Option("--io-processor", help="MODEL=PLUGIN: serve task 'plugin' for MODEL "
+                                                           "through an IO processor plugin (docs/plugins.md); repeatable.")] = None,
     config: Annotated[Path | None, typer.Option(help="TOML or JSON settings file.")] = None,
     log_level: Annotated[str, typer.Option(help="Logging level.")] = "INFO",
 ) -> None:
@@ -98,6 +100,7 @@ def run(
             kafka_options=parse_key_values(kafka_option, "--kafka-option") if kafka_option else None,
             max_batch_tokens=max_batch_tokens, max_batch_requests=max_batch_requests, max_wait_ms=max_wait_ms,
             max_inflight_requests=max_inflight_requests, allowed_reply_topics=allowed_reply_topics, processes=processes,
+            io_processors=io_processor or None,
         )
         if settings.processes == 1:
             serve(settings)

@@ -22,6 +22,7 @@ from .engine import Engine
 from .engine.errors import EngineError, UnsupportedTask
 from .engine.prompts import Truncation
 from .metrics import Metrics
+from .plugins.interface import IOProcessor, PluginInputError, PluginRequest
 from .protocol import (
     ErrorInfo,
     InvalidRequest,
@@ -38,6 +39,7 @@ from .tasks import (
     check_output,
     item_labels,
     model_call,
+    plugin_plan,
     tokenize_items,
 )
 from .tasks import plan as plan_request
@@ -70,6 +72,7 @@ class _Draft:
     cache_keys: list[str] = field(default_factory=list)
     cached: list[ItemResult | None] = field(default_factory=list)
     inputs: list[tuple[int, ModelInput]] = field(default_factory=list)
+    plugin: PluginRequest | None = None
 
     def fail(self, type_: str, message: str, param: str | None = None) -> None:
         self.error = ErrorInfo(type=type_, message=message, param=param)
@@ -96,6 +99,7 @@ class _Draft:
             cache_keys=tuple(self.cache_keys) if ok else (),
             cached=tuple(self.cached) if ok else (),
             inputs=tuple(self.inputs) if ok else (),
+            plugin=self.plugin if ok else None,
             cost_tokens=sum(x.num_tokens for _, x in self.inputs) if ok else 0,
         )
 
@@ -113,6 +117,7 @@ class Preparer:
         max_request_bytes: int,
         max_items_per_request: int,
         metrics: Metrics | None = None,
+        processors: Mapping[str, IOProcessor] | None = None,
     ) -> None:
         self.engines = dict(engines)
         self.cache = cache
@@ -122,6 +127,7 @@ class Preparer:
         self.max_request_bytes = max_request_bytes
         self.max_items = max_items_per_request
         self.metrics = metrics
+        self.processors = dict(processors or {})  # model name → its IO processor plugin
         self._renderers: dict[str, Renderer] = {}  # per model name, made on its first request
 
     def prepare(self, records: Sequence[tuple[Source, bytes | None]]) -> list[Prepared | DeadLetter]:
@@ -181,7 +187,12 @@ class Preparer:
             return
         draft.model, draft.engine = name, engine
         try:
-            draft.plan = plan_request(request, self._renderer(name, engine))
+            if request.task == "plugin":
+                self._plan_plugin(draft, name)
+                if draft.error is not None:
+                    return
+            else:
+                draft.plan = plan_request(request, self._renderer(name, engine))
             draft.call, draft.truncation = model_call(engine, draft.plan)
             check_output(request, draft.call)
         except InvalidRequest as exc:
@@ -197,6 +208,32 @@ class Preparer:
             scope = draft.call.pooling_task or f"score:{draft.call.mode}"
             fingerprint = engine.model.fingerprint
             draft.cache_keys = [cache_key(fingerprint, scope, draft.plan.options, item.key_payload()) for item in items]
+
+    def _plan_plugin(self, draft: _Draft, name: str) -> None:
+        """A ``plugin`` request: its model's plugin reads ``data`` and names the texts to pool.
+        The plugin's errors are the caller's (``PluginInputError``) or the plugin's own bugs
+        (any other exception): both become error results, never a dead worker."""
+        processor = self.processors.get(name)
+        if processor is None:
+            draft.fail("unsupported_task", f"model {name!r} has no IO processor plugin (start the worker with "
+                       f"--io-processor {name}=PLUGIN)", "task")
+            return
+        request = draft.request
+        try:
+            parsed = processor.parse_request(request.model_dump(exclude={"form", "ignored", "warnings"}))
+            prompts = processor.pre_process(parsed, request.request_id)
+        except PluginInputError as exc:
+            draft.fail("invalid_request", exc.message, exc.param)
+            return
+        except Exception as exc:
+            log.exception("IO processor plugin of %s failed on %s", name, request.request_id)
+            draft.fail("internal_error", f"the model's IO processor plugin failed: {type(exc).__name__}")
+            return
+        if not prompts.texts:
+            draft.fail("invalid_request", "the IO processor plugin found nothing to pool in data", "data")
+            return
+        draft.plugin = PluginRequest(processor, parsed, prompts)
+        draft.plan = plugin_plan(request, prompts.task, prompts.texts)
 
     def _renderer(self, name: str, engine: Engine) -> Renderer:
         renderer = self._renderers.get(name)

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from .plugins.interface import PluginRequest
     from .protocol import ErrorInfo, PoolingRequest
     from .tasks import ItemResult, ModelCall, ModelInput, Plan
 
@@ -76,6 +77,7 @@ class Prepared:
     cache_keys: tuple[str, ...] = ()
     cached: tuple[ItemResult | None, ...] = ()
     inputs: tuple[tuple[int, ModelInput], ...] = ()
+    plugin: PluginRequest | None = None  # task plugin: the parsed input its post_process needs
     cost_tokens: int = 0  # tokens the model must still process: the batch budget's unit
     enqueued_at: float = field(default_factory=time.monotonic)
 

@@ -17,6 +17,7 @@ from .config import WorkerSettings, parse_model_specs
 from .consumers.loop import WorkerLoop
 from .engine import Engine
 from .metrics import Metrics, MetricsServer
+from .plugins.interface import IOProcessor
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +32,16 @@ def load_engines(settings: WorkerSettings) -> dict[str, Engine]:
     return engines
 
 
+def load_processors(settings: WorkerSettings, engines: Mapping[str, Engine]) -> dict[str, IOProcessor]:
+    """Every ``--io-processor MODEL=PLUGIN``, loaded once at start (a missing plugin stops the
+    start, naming the installed ones)."""
+    from .plugins.offline import context_for
+    from .plugins.registry import load_processor, parse_processor_specs
+
+    specs = parse_processor_specs(settings.io_processors, set(engines))
+    return {model: load_processor(plugin, context_for(engines[model], model)) for model, plugin in specs.items()}
+
+
 class Worker:
     """A whole worker; ``run(stop)`` blocks until ``stop`` is set and the drain has finished."""
 
@@ -43,7 +54,8 @@ class Worker:
         self.metrics.info(version=__version__, models=",".join(sorted(self.engines)), transport=settings.transport)
         self.server: MetricsServer | None = None
         self.metrics_port: int | None = None
-        self.loop = WorkerLoop(settings, self.engines, self.cache, self.metrics)
+        self.processors = load_processors(settings, self.engines)
+        self.loop = WorkerLoop(settings, self.engines, self.cache, self.metrics, processors=self.processors)
 
     def run(self, stop: threading.Event) -> None:
         freeze_long_lived_objects()

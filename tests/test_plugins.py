@@ -77,3 +77,39 @@ def test_bad_data_is_a_typed_error_naming_the_field(chunker, data, param) -> Non
     with pytest.raises(PluginInputError) as err:
         chunker.parse_request({"data": data})
     assert err.value.param == param
+
+
+def test_the_worker_serves_plugin_requests_through_kafka(broker, minilm_engine, minilm_st, document) -> None:
+    """Task ``plugin`` and vLLM's ``/pooling`` form (``data`` without ``input``) both go through
+    the model's plugin; a model without one, and bad data, are error results naming the field."""
+    from poolworker.cache import make_cache
+    from poolworker.client import PoolClient
+    from poolworker.metrics import Metrics
+    from poolworker.worker import Worker
+    from streaming import RunningWorker, worker_settings
+
+    settings = worker_settings(broker, io_processors=["chunked=text_chunker"])
+    engines = {"chunked": minilm_engine, "plain": minilm_engine}
+    running = RunningWorker(Worker(settings, engines=engines, cache=make_cache(None), metrics=Metrics())).start()
+    try:
+        with PoolClient(broker.bootstrap_servers, requests_topic=settings.requests_topic,
+                        results_topic=settings.results_topic) as client:
+            data = {"text": document, "max_tokens": 80, "overlap_tokens": 8}
+            answers = [client.submit({"task": task, "model": "chunked", "data": data}) for task in ("plugin", "pooling")]
+            no_plugin = client.submit({"task": "plugin", "model": "plain", "data": data})
+            bad = client.submit({"task": "plugin", "model": "chunked", "data": {"text": document, "max_tokens": 0}})
+            client.flush()
+            for answer in answers:
+                message = answer.result(120)
+                assert message["error"] is None and message["task"] == "plugin", message["error"]
+                passages = message["data"]["passages"]
+                reference = minilm_st.encode([p["text"] for p in passages], normalize_embeddings=True)
+                assert len(passages) >= 3 and isinstance(message["created_at"], int)
+                for passage, expected in zip(passages, reference):
+                    assert passage["text"] == document[passage["start"]:passage["end"]]
+                    np.testing.assert_allclose(passage["embedding"], expected, atol=2e-5)
+            assert no_plugin.result(60)["error"]["type"] == "unsupported_task"
+            assert bad.result(60)["error"] == {"type": "invalid_request", "param": "data.max_tokens",
+                                               "message": "data.max_tokens must be an integer from 1 to 254"}
+    finally:
+        running.stop()

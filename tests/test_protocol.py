@@ -58,7 +58,16 @@ VALID = {
     "token_classify": {"input": [[101, 102], [101, 7592, 102]], "encoding_format": "float"},
     "reward": {"input": "a step", "use_activation": True},
     "pooling": {"input": ["x"], "pooling_task": "token_embed", "dimensions": 8},
+    "plugin": {"data": {"text": "anything the plugin reads", "max_tokens": 64}, "truncate_prompt_tokens": 32},
 }
+
+
+def test_a_pooling_body_with_data_and_no_input_is_a_plugin_request():
+    """vLLM's /pooling reads such a body as an IOProcessorRequest."""
+    request = parse_request(raw({"request_id": "p", "task": "pooling", "data": [1, "two"]}))
+    assert request.task == "plugin" and request.data == [1, "two"]
+    assert parse_request(raw({"request_id": "q", "task": "pooling", "input": "x", "data": 1})).task == "pooling"
+    assert invalid(raw({"request_id": "r", "task": "plugin"})).error.param == "data"
 
 
 @pytest.mark.parametrize("task", TASKS)
@@ -581,6 +590,7 @@ TASK_BODIES = {
     "score": ({"text_1": texts | text_lists, "text_2": texts | text_lists}, COMMON),
     "rerank": ({"query": texts, "documents": text_lists},
                {**COMMON, "top_n": st.integers(min_value=1, max_value=4), "return_documents": st.booleans()}),
+    "plugin": ({"data": json_values.filter(lambda v: v is not None)}, COMMON),
 }
 
 
@@ -624,6 +634,8 @@ def answer(value: bytes | None, headers) -> None:
                              metadata=request.metadata, body=request.model_dump())
     assert status_of(message) == "ok"
     assert json.loads(encode_message(message))["request_id"] == request.request_id
+    if request.task == "plugin":
+        return  # planned from its plugin's prompts (tests/test_plugins.py)
     try:
         work = plan(request)
     except InvalidRequest as exc:

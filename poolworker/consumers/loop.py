@@ -13,12 +13,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Mapping
 
 from ..batching import MicroBatcher
 from ..cache import ResultCache
 from ..config import WorkerSettings
 from ..engine import Engine
 from ..metrics import Metrics
+from ..plugins.interface import IOProcessor
 from ..prepare import Preparer
 from ..work import DeadLetter, Prepared
 from .publisher import Publisher
@@ -42,7 +44,7 @@ class WorkerLoop:
     """Consumes ``settings.requests_topic`` and serves it with ``engines`` until ``stop`` is set."""
 
     def __init__(self, settings: WorkerSettings, engines: dict[str, Engine], cache: ResultCache, metrics: Metrics,
-                 transport: Transport | None = None) -> None:
+                 transport: Transport | None = None, processors: Mapping[str, IOProcessor] | None = None) -> None:
         self.settings = settings
         self.engines = engines
         self.metrics = metrics
@@ -54,6 +56,8 @@ class WorkerLoop:
             allowed_reply_topics=settings.allowed_reply_topics,
             max_request_bytes=settings.max_request_bytes,
             max_items_per_request=settings.max_items_per_request,
+            metrics=metrics,
+            processors=processors,
         )
         self.transport = transport or make_transport(settings, on_revoked=self._revoked)
         self.publisher: Publisher | None = None

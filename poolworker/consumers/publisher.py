@@ -120,7 +120,8 @@ class Publisher:
         extra: list[tuple[str, bytes]] = []
         if error is None:
             try:
-                body = assemble(p.request, p.plan, finished.results, model=p.model, id2label=p.labels)  # type: ignore[arg-type]
+                body = assemble(p.request, p.plan, finished.results, model=p.model, id2label=p.labels,  # type: ignore[arg-type]
+                                plugin=p.plugin)
                 message = result_message(request_id=p.request_id, task=p.task, model=p.model, metadata=p.metadata, body=body)
                 if p.request.encoding_format in BINARY_FORMATS and "data" in body:  # type: ignore[union-attr]
                     value, extra = _binary_record(p.request, message)  # type: ignore[arg-type]

@@ -57,14 +57,6 @@ class PluginOutput:
     num_tokens: int
 
 
-@dataclass(frozen=True)
-class PluginRequest:
-    """A request after ``parse_request`` and ``pre_process``: what travels to ``post_process``."""
-
-    parsed: Any
-    prompts: PluginPrompts
-
-
 class IOProcessor(ABC):
     """Base class of plugins. Subclass it, implement the three methods, and register the class
     under the entry point group ``poolworker.io_processors`` (see docs/plugins.md)."""
@@ -85,6 +77,20 @@ class IOProcessor(ABC):
     def post_process(self, parsed: Any, outputs: Sequence[PluginOutput], request_id: str | None = None) -> Any:
         """The response's ``data`` (JSON-serializable) from the pooled outputs, in the order
         ``pre_process`` gave the texts."""
+
+
+@dataclass(frozen=True)
+class PluginRequest:
+    """A request after ``parse_request`` and ``pre_process``: what travels (inside the worker's
+    ``Prepared``) to ``post_process`` on the publish stage."""
+
+    processor: IOProcessor
+    parsed: Any
+    prompts: PluginPrompts
+
+    def response_data(self, outputs: Sequence[PluginOutput], request_id: str | None = None) -> Any:
+        return self.processor.post_process(self.parsed, outputs, request_id)
+
 
 
 __all__ = ["IOProcessor", "PluginContext", "PluginInputError", "PluginOutput", "PluginPrompts", "PluginRequest"]

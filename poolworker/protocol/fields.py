@@ -51,6 +51,8 @@ _BY_TASK: dict[str, dict[Form, frozenset[str]]] = {
     "pooling": {"completion": _COMMON | _COMPLETION | _POOLING, "chat": _COMMON | _CHAT | _POOLING},
     "score": {"completion": _SCORING | _SCORE_PAIRS},
     "rerank": {"completion": _SCORING | {"query", "documents", "top_n", "return_documents"}},
+    # IOProcessorRequest: the plugin reads ``data``
+    "plugin": {"completion": _COMMON | _ENCODING | {"data"}},
 }
 
 # Fields vLLM once had: named in the warning so the caller learns what replaced them.
@@ -73,6 +75,12 @@ def is_conversation_list(value: Any) -> bool:
     return isinstance(value, list) and bool(value) and all(is_conversation(c) for c in value)
 
 
+def is_plugin_body(body: Mapping[str, Any]) -> bool:
+    """A ``pooling`` body with ``data`` and no input is vLLM's IOProcessorRequest: task
+    ``plugin`` (vLLM's ``/pooling`` tells them apart the same way)."""
+    return body.get("task") == "pooling" and "data" in body and "input" not in body and "messages" not in body
+
+
 def form_of(body: Mapping[str, Any]) -> Form:
     """Which of vLLM's request classes a body meets (vLLM picks the first of its union that
     validates; these are the fields that decide it)."""
@@ -87,9 +95,11 @@ def form_of(body: Mapping[str, Any]) -> Form:
 
 
 def split_fields(body: dict[str, Any]) -> tuple[Form, dict[str, str]]:
-    """Drop from ``body`` (in place) the fields its task's vLLM request class does not read;
-    return the body's form and, per dropped field in body order, the warning naming it. An
+    """Drop from ``body`` (in place) the fields its task's vLLM request class does not read (a
+    ``pooling`` body that is a plugin request becomes task ``plugin`` first); return the body's form and, per dropped field in body order, the warning naming it. An
     unknown task drops nothing: validation reports the task itself."""
+    if is_plugin_body(body):
+        body["task"] = "plugin"
     form = form_of(body)
     task = body.get("task")
     by_form = _BY_TASK.get(task) if isinstance(task, str) else None
@@ -120,4 +130,4 @@ def known_fields(task: str, form: Form = "completion") -> frozenset[str]:
     return _BY_TASK.get(task, {}).get(form, frozenset())
 
 
-__all__ = ["ENVELOPE", "Form", "form_of", "is_conversation", "is_conversation_list", "known_fields", "split_fields"]
+__all__ = ["ENVELOPE", "Form", "form_of", "is_conversation", "is_conversation_list", "is_plugin_body", "known_fields", "split_fields"]

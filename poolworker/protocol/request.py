@@ -26,7 +26,7 @@ from pydantic_core import PydanticCustomError
 
 from .chat import check_conversations, check_message
 
-Task = Literal["embed", "classify", "score", "rerank", "token_embed", "token_classify", "reward", "pooling"]
+Task = Literal["embed", "classify", "score", "rerank", "token_embed", "token_classify", "reward", "pooling", "plugin"]
 PoolingTask = Literal["embed", "classify", "token_embed", "token_classify"]
 TASKS: tuple[str, ...] = get_args(Task)
 
@@ -181,6 +181,7 @@ class PoolingRequest(BaseModel):
     texts: list[str] | None = None
     images: list | None = None
     inputs: list | None = None
+    data: Any = None  # task plugin: read by the model's IO processor plugin, which validates it
     # options every task reads (PoolingBasicRequestMixin)
     user: str | None = None
     priority: Int64 = 0
@@ -304,6 +305,9 @@ class PoolingRequest(BaseModel):
             self._fold_score_pairs()
         elif self.task == "rerank":
             self._check_rerank()
+        elif self.task == "plugin":
+            if self.data is None:
+                _fail("data", f"data is required for task 'plugin' (the IO processor plugin reads it){self._misspelt('data')}")
         elif self.form != "chat" and self.input is None and self.inputs is None:
             _fail("input", f"input is required for task '{self.task}'{self._misspelt('input')}")
         if self.dimensions is not None and self.pooling_task in ("classify", "token_classify"):

@@ -19,7 +19,7 @@ from .engine_calls import (
     tokenize_items,
 )
 from .items import Item, ItemResult, Plan
-from .planning import item_labels, plan, score_pairs
+from .planning import item_labels, plan, plugin_plan, score_pairs
 from .rendering import Renderer
 
 __all__ = [
@@ -37,6 +37,7 @@ __all__ = [
     "item_labels",
     "model_call",
     "plan",
+    "plugin_plan",
     "run_call",
     "run_plan",
     "score_pairs",

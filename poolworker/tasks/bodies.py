@@ -11,12 +11,14 @@ Python work per float. Plain lists (older callers) are accepted everywhere.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from poolworker.engine.errors import InvalidInput
+from poolworker.plugins.interface import PluginOutput, PluginRequest
 from poolworker.protocol import PoolingRequest
 
 from .encoding import encode_json
@@ -154,14 +156,20 @@ def assemble(
     *,
     model: str,
     id2label: Mapping[int, str] | None = None,
+    plugin: PluginRequest | None = None,
 ) -> dict[str, Any]:
     """The vLLM response body for ``request`` from one ``ItemResult`` per ``plan.items`` entry,
     in the same order, with ``warnings`` (the fields the request's task ignored). ``id2label``
     names classify labels (the model config's); without it, or for an index it lacks, the
-    label is the class index as a string."""
+    label is the class index as a string. A ``plugin`` request's body is vLLM's
+    IOProcessorResponse: ``created_at`` and the plugin's ``data``."""
     if len(results) != len(plan.items):
         raise ValueError(f"assemble got {len(results)} results for {len(plan.items)} items")
-    body = _body(request, results, model, id2label)
+    if plugin is not None:
+        outputs = [PluginOutput(i, r.data, r.num_tokens) for i, r in enumerate(results)]
+        body = {"created_at": int(time.time()), "data": plugin.response_data(outputs, request.request_id)}
+    else:
+        body = _body(request, results, model, id2label)
     body["warnings"] = list(request.warnings)
     return body
 

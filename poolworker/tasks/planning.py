@@ -72,6 +72,8 @@ def plan(request: PoolingRequest, renderer: Renderer | None = None) -> Plan:
     renderer's ``EngineError`` for input its model cannot take (no chat template, an unknown
     ``input_type``). ``renderer`` (the model's) is needed only for chat, Cohere ``input_type``
     and per-side score limits."""
+    if request.task == "plugin":
+        raise TypeError("a plugin request is planned from its plugin's prompts: plugin_plan")
     if request.task in ("score", "rerank"):
         pairs = score_pairs(request)
         if request.max_tokens_per_query or request.max_tokens_per_doc:
@@ -88,6 +90,13 @@ def plan(request: PoolingRequest, renderer: Renderer | None = None) -> Plan:
             resolved["add_special_tokens"] = False
     options = _options(request, _ENCODE_OPTIONS, **resolved)
     return Plan("encode", pooling_task, options, _prompt_items(_prompts(request, renderer)))
+
+
+def plugin_plan(request: PoolingRequest, task: str, texts: tuple[str, ...]) -> Plan:
+    """The engine work of a ``plugin`` request: pool each text its plugin's ``pre_process``
+    gave with ``task``, under the request's common options (truncation, padding)."""
+    options = _options(request, _ENCODE_OPTIONS, add_special_tokens=request.special_tokens)
+    return Plan("encode", task, options, tuple(Item(text) for text in texts))
 
 
 def _prompts(request: PoolingRequest, renderer: Renderer | None) -> str | list:
@@ -107,6 +116,8 @@ def _needed(renderer: Renderer | None) -> Renderer:
 def item_labels(request: PoolingRequest, work: Plan) -> list[str]:
     """The request field each item came from (``input[3]``, ``documents[0]``), so an error
     about one item names what the caller must fix."""
+    if request.task == "plugin":  # the texts are the plugin's, made from data
+        return ["data"] * len(work.items)
     if work.engine_call == "encode" and request.form == "chat":
         return ["messages"] if len(work.items) == 1 else [f"messages[{i}]" for i in range(len(work.items))]
     if work.engine_call == "encode":
