@@ -51,8 +51,9 @@ _BY_TASK: dict[str, dict[Form, frozenset[str]]] = {
     "pooling": {"completion": _COMMON | _COMPLETION | _POOLING, "chat": _COMMON | _CHAT | _POOLING},
     "score": {"completion": _SCORING | _SCORE_PAIRS},
     "rerank": {"completion": _SCORING | {"query", "documents", "top_n", "return_documents"}},
-    # IOProcessorRequest: the plugin reads ``data``
-    "plugin": {"completion": _COMMON | _ENCODING | {"data"}},
+    # IOProcessorRequest: the plugin reads ``data`` and shapes the output itself, so the
+    # encoding fields vLLM's class also declares have nothing to apply to (ignored, with a warning)
+    "plugin": {"completion": _COMMON | {"data"}},
 }
 
 # Fields vLLM once had: named in the warning so the caller learns what replaced them.
