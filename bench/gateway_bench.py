@@ -16,10 +16,11 @@ Each call's latency runs from its scheduled send time to its answer, so a client
 schedule is counted, not hidden. Every text is distinct (no cache hits). ``--rounds`` alternating
 rounds; the table reports each contender's median over rounds of requests/s, p50 and p99, the
 gateway/direct ratios, and the CPU each process spent per call (the load generator, the gateway,
-the worker): on a shared machine the CPU a path costs says more than its latency does. Writes ``gateway.json`` to ``--out``. Only ratios from one run mean
+the worker): on a shared machine the CPU a path costs says more than its latency does. Last,
+``--sequential`` calls each way one at a time (no queueing anywhere): the hop's own latency. Writes ``gateway.json`` to ``--out``. Only ratios from one run mean
 anything on a shared machine.
 
-Usage: python bench/gateway_bench.py [--rate 40] [--seconds 10] [--rounds 2] [--model tiny|minilm] [--smoke]
+Usage: python bench/gateway_bench.py [--rate 40] [--seconds 10] [--rounds 2] [--sequential 100] [--model tiny|minilm] [--smoke]
 """
 
 from __future__ import annotations
@@ -168,7 +169,23 @@ def _model_spec(model: str, work: Path) -> str:
     return f"minilm={tiny_bert(work / 'tiny-bert', find_minilm())}"
 
 
-def run(rate: float, seconds: float, rounds: int, out_dir: Path, model: str = "tiny") -> dict:
+def _sequential(client, url: str, n: int) -> dict[str, dict[str, float]]:
+    """p50/p99 of ``n`` calls made one after another on each path (alternating)."""
+    import httpx
+
+    times: dict[str, list[float]] = {"direct": [], "gateway": []}
+    with httpx.Client(base_url=url, timeout=60) as http:
+        for i in range(n):
+            start = time.perf_counter()
+            client.request({"task": "embed", "model": "minilm", "input": f"sequential direct {i}"}, 60)
+            times["direct"].append(time.perf_counter() - start)
+            start = time.perf_counter()
+            http.post("/v1/embeddings", json={"model": "minilm", "input": f"sequential gateway {i}"}).raise_for_status()
+            times["gateway"].append(time.perf_counter() - start)
+    return {name: {k: v for k, v in _summary(ts, 1.0, 0).items() if k.endswith("_ms")} for name, ts in times.items()}
+
+
+def run(rate: float, seconds: float, rounds: int, out_dir: Path, model: str = "tiny", sequential: int = 100) -> dict:
     from poolworker.broker import start_local_broker
     from poolworker.client import PoolClient
 
@@ -203,10 +220,12 @@ def run(rate: float, seconds: float, rounds: int, out_dir: Path, model: str = "t
                     summary.update({f"cpu_ms_per_call_{k}": (after[k] - before[k]) * 1000 / n for k in processes})
                     runs[name].append(summary)
                 print(f"round {r + 1}: direct {runs['direct'][-1]}, gateway {runs['gateway'][-1]}", flush=True)
+            one_at_a_time = _sequential(client, url, sequential)
     broker.stop()
     medians = {name: {k: statistics.median(x[k] for x in rs) for k in rs[0]} for name, rs in runs.items()}
     ratios = {k: medians["gateway"][k] / medians["direct"][k] for k in ("rps", "p50_ms", "p99_ms") if medians["direct"][k]}
     result = {"model": model, "rate": rate, "seconds": seconds, "rounds": rounds, "runs": runs, "medians": medians,
+              "sequential": one_at_a_time,
               "gateway_over_direct": ratios, "host": {"cpus": os.cpu_count(), "load_average": {"start": load_start, "end": os.getloadavg()}}}
     (out_dir / "gateway.json").write_text(json.dumps(result, indent=2))
     print(table(result))
@@ -222,6 +241,9 @@ def table(result: dict) -> str:
         rows.append(f"| {name} | {x['rps']:.1f} | {x['p50_ms']:.1f} | {x['p99_ms']:.1f} | {x['errors']:.0f} | {cpu} |")
     rows.append(f"| gateway / direct | {ratio.get('rps', float('nan')):.2f} | {ratio.get('p50_ms', float('nan')):.2f} | "
                 f"{ratio.get('p99_ms', float('nan')):.2f} | | |")
+    seq = result["sequential"]
+    rows += ["", "| one call at a time | p50 ms | p99 ms |", "|---|---|---|"]
+    rows += [f"| {name} | {seq[name]['p50_ms']:.1f} | {seq[name]['p99_ms']:.1f} |" for name in ("direct", "gateway")]
     return "\n".join(rows)
 
 
@@ -230,13 +252,14 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=40.0, help="calls per second, both paths")
     parser.add_argument("--seconds", type=float, default=10.0, help="length of each round")
     parser.add_argument("--rounds", type=int, default=2, help="alternating rounds (medians are reported)")
+    parser.add_argument("--sequential", type=int, default=100, help="calls made one at a time on each path, at the end")
     parser.add_argument("--model", choices=("tiny", "minilm"), default="tiny", help="what the worker serves")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes: checks the script, not the speed")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args()
     if args.smoke:
-        args.rate, args.seconds, args.rounds = 10.0, 1.0, 1
-    run(args.rate, args.seconds, args.rounds, args.out, args.model)
+        args.rate, args.seconds, args.rounds, args.sequential = 10.0, 1.0, 1, 5
+    run(args.rate, args.seconds, args.rounds, args.out, args.model, args.sequential)
 
 
 if __name__ == "__main__":
