@@ -65,6 +65,10 @@ def _setup_logging(level: str) -> None:
 def run(
     transport: Annotated[str | None, typer.Option(help="kafka (default), kafka-librdkafka, redis-streams or nats.")] = None,
     transport_url: Annotated[str | None, typer.Option(help="redis://HOST:PORT/DB (redis-streams) or nats://HOST:PORT (nats).")] = None,
+    redelivery_timeout_s: Annotated[float | None, typer.Option(help="redis-streams/nats: seconds a record may stay "
+                                                               "unacknowledged before another worker gets it.")] = None,
+    max_deliveries: Annotated[int | None, typer.Option(help="redis-streams/nats: a record handed out more often goes to the DLQ.")] = None,
+    results_max_len: Annotated[int | None, typer.Option(help="redis-streams: trim the results stream to about this many entries.")] = None,
     bootstrap_servers: Annotated[str | None, typer.Option(help="Kafka bootstrap servers (host:port,...).")] = None,
     model: Annotated[list[str] | None, typer.Option("--model", help="NAME=PATH, or a path/bundled name; repeatable.")] = None,
     requests_topic: Annotated[str | None, typer.Option(help="Topic to consume requests from.")] = None,
@@ -94,7 +98,8 @@ def run(
     _setup_logging(log_level)
     try:
         settings = WorkerSettings.load(
-            config, transport=transport, transport_url=transport_url, bootstrap_servers=bootstrap_servers, models=model or None, requests_topic=requests_topic,
+            config, transport=transport, transport_url=transport_url, redelivery_timeout_s=redelivery_timeout_s,
+            max_deliveries=max_deliveries, results_max_len=results_max_len, bootstrap_servers=bootstrap_servers, models=model or None, requests_topic=requests_topic,
             results_topic=results_topic, dlq_topic=dlq_topic, group_id=group_id, partitions=partitions,
             redis_url=redis_url, metrics_port=metrics_port,
             kafka_options=parse_key_values(kafka_option, "--kafka-option") if kafka_option else None,

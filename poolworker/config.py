@@ -12,7 +12,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from .cache import redact_url
@@ -115,6 +115,15 @@ class WorkerSettings(BaseSettings):
             except re.error as exc:
                 raise ValueError(f"not a valid regular expression: {exc}") from exc
         return value
+
+    @model_validator(mode="after")
+    def _queue_address(self) -> WorkerSettings:
+        """Queues other than Kafka are reached by URL: say so before any model loads."""
+        if self.transport in ("redis-streams", "nats") and not self.transport_url:
+            scheme = "redis://HOST:PORT/DB" if self.transport == "redis-streams" else "nats://HOST:PORT"
+            raise ValueError(f"transport {self.transport!r} needs transport_url ({scheme}; --transport-url or "
+                             "POOLWORKER_TRANSPORT_URL)")
+        return self
 
     @classmethod
     def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings):

@@ -100,3 +100,19 @@ def test_each_kafka_client_gets_only_the_options_it_accepts():
     assert options_for("consumer", options) == {"security_protocol": "SSL", "fetch_max_wait_ms": 7, "request_timeout_ms": 5000}
     assert options_for("producer", options) == {"security_protocol": "SSL", "linger_ms": 3, "request_timeout_ms": 5000}
     assert WorkerSettings(fetch_max_wait_ms=7).consumer_options()["fetch_max_wait_ms"] == 7
+
+
+def test_queues_reached_by_url_need_one_before_anything_loads():
+    for transport in ("redis-streams", "nats"):
+        with pytest.raises(ValidationError, match="needs transport_url"):
+            WorkerSettings(transport=transport)
+    assert WorkerSettings(transport="nats", transport_url="nats://127.0.0.1:4222").transport_url
+    result = CliRunner().invoke(app, ["run", "--transport", "redis-streams"])
+    assert result.exit_code == 2 and "transport_url" in result.output
+    result = CliRunner().invoke(app, ["run", "--transport", "rabbitmq"])
+    assert result.exit_code == 2
+
+
+def test_transport_url_secrets_are_redacted():
+    s = WorkerSettings(transport="redis-streams", transport_url="redis://:hunter2@cache:6379/0")
+    assert "hunter2" not in json.dumps(s.redacted())

@@ -26,6 +26,7 @@ from .transport import RecordTooLarge, Transport
 
 log = logging.getLogger(__name__)
 RETRY_DELAY_S = 1.0
+RETRY_WARN_INTERVAL_S = 5.0
 DLQ_VALUE_PREFIX_BYTES = 64 * 1024  # what the DLQ keeps of a record too large for the producer
 DLQ_KEY_PREFIX_BYTES = 1024
 _STOP = object()
@@ -44,6 +45,8 @@ class Publisher:
         self._closed = threading.Event()
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._pending = 0
+        self._failed_sends = 0
+        self._last_retry_warning = float("-inf")
         self._idle = threading.Condition()
         self._thread = threading.Thread(target=self._loop, name="poolworker-publish", daemon=True)
 
@@ -179,6 +182,8 @@ class Publisher:
             ("dlq.source.offset", str(src.offset).encode()),
             ("dlq.reason", letter.reason.encode("utf-8", "replace")[:1000]),
         ]
+        if isinstance(src.handle, str):  # the queue's own id of the record (a Redis entry id): what finds it again
+            headers.append(("dlq.source.id", src.handle.encode()))
 
         def acked() -> None:
             self.transport.finish(src)
@@ -204,6 +209,18 @@ class Publisher:
                        value if value is None else value[:DLQ_VALUE_PREFIX_BYTES], cut, acked)
 
     # -- sending -----------------------------------------------------------------------------------
+    def _warn_retry(self, topic: str, exc: Exception) -> None:
+        """One warning per RETRY_WARN_INTERVAL_S with the count since the last one: an outage
+        with hundreds of records in flight would otherwise log a line per record per second."""
+        with self._idle:
+            self._failed_sends += 1
+            now = time.monotonic()
+            if now - self._last_retry_warning < RETRY_WARN_INTERVAL_S:
+                return
+            count, self._failed_sends, self._last_retry_warning = self._failed_sends, 0, now
+        log.warning("send to %s failed (%s); retrying every %.1fs (%d failed sends since the last warning)",
+                    topic, exc, RETRY_DELAY_S, count)
+
     def _send(self, topic: str, key: bytes | None, value: bytes | None, headers: list, acked: Callable[[], None]) -> None:
         """Hand one record to the transport; ``RecordTooLarge`` propagates (the caller sends
         something smaller), every other failure is retried."""
@@ -216,7 +233,7 @@ class Publisher:
         if self._closed.is_set():
             log.error("dropping a send to %s at shutdown (%s); the request stays uncommitted and will be replayed", topic, exc)
             return
-        log.warning("send to %s failed (%s); retrying in %.1fs", topic, exc, RETRY_DELAY_S)
+        self._warn_retry(topic, exc)
 
         def again() -> None:
             try:
