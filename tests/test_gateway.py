@@ -385,3 +385,30 @@ def _kafka_raw_value(worker, body: dict, task: str) -> bytes:
             if dict(record.headers).get("request_id") == request_id.encode():
                 return record.value
     raise AssertionError(f"no result for {request_id}")
+
+
+# -- the command --------------------------------------------------------------------------------------
+def test_gateway_command_imports_light_and_takes_its_options():
+    """``poolworker/cli.py`` imports the command at start: no FastAPI, uvicorn or torch then."""
+    import subprocess
+    import sys
+
+    import typer
+    from typer.testing import CliRunner
+
+    code = "import sys, poolworker.gateway.cli; print(sorted(m for m in ('fastapi', 'uvicorn', 'torch') if m in sys.modules))"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"
+
+    from poolworker.gateway.cli import gateway
+
+    app = typer.Typer()
+    app.command("gateway")(gateway)
+    app.command("other")(lambda: None)  # two commands, as in poolworker's CLI
+    help_text = CliRunner().invoke(app, ["gateway", "--help"], terminal_width=200).output
+    for flag in ("--bootstrap-servers", "--transport", "--transport-url", "--host", "--port", "--requests-topic", "--timeout-s",
+                 "--max-inflight", "--config", "--model"):
+        assert flag in help_text
+    result = CliRunner().invoke(app, ["gateway", "--transport", "carrier-pigeon"])
+    assert result.exit_code == 2 and "unknown transport" in result.output
+    result = CliRunner().invoke(app, ["gateway", "--transport", "nats"])
+    assert result.exit_code == 2 and "transport_url" in result.output
