@@ -231,6 +231,29 @@ def test_transport_creates_streams_polls_produces_and_acks(nats_url, names):
         transport.close()
 
 
+def test_an_existing_group_is_updated_to_the_settings_and_a_foreign_filter_refused(nats_url, names):
+    """Restarting the group with another redelivery timeout changes the consumer's ack_wait;
+    a group id already reading another subject is an error, not a silent takeover."""
+    settings = settings_for(nats_url, names, redelivery_timeout_s=30.0)
+
+    async def check():
+        nc = await nats.connect(nats_url)
+        js = nc.jetstream()
+        try:
+            stream = await nats_jetstream.ensure_stream(js, settings.requests_topic)
+            await nats_jetstream.ensure_consumer(js, stream, nats_jetstream.consumer_config(settings))
+            faster = settings.model_copy(update={"redelivery_timeout_s": 7.0})
+            await nats_jetstream.ensure_consumer(js, stream, nats_jetstream.consumer_config(faster))
+            config = (await js.consumer_info(stream, stream_name(settings.group_id))).config
+            assert (config.ack_wait, config.max_deliver, config.max_ack_pending) == (7.0, -1, -1)
+            other = settings.model_copy(update={"requests_topic": settings.requests_topic + ".other"})
+            with pytest.raises(TransportUnavailable, match="choose another --group-id"):
+                await nats_jetstream.ensure_consumer(js, stream, nats_jetstream.consumer_config(other))
+        finally:
+            await nc.close()
+    run(check())
+
+
 def test_messages_held_longer_than_ack_wait_are_kept_alive_not_redelivered(nats_url, names, monkeypatch):
     """Handed over or still buffered (delivered while paused), a message gets +WPI: after three
     ack_waits nothing was redelivered, and every message arrives once, delivery count 1. Buffered
