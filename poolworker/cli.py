@@ -1,4 +1,4 @@
-"""Command line: ``poolworker run | dev | submit | models | bench``."""
+"""Command line: ``poolworker run | dev | gateway | submit | models | bench``."""
 
 from __future__ import annotations
 
@@ -13,7 +13,10 @@ from typing import Annotated
 import typer
 from tqdm.auto import tqdm
 
+from .gateway.cli import gateway
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Serve pooling models from streams.")
+app.command("gateway")(gateway)
 
 _FALLBACK_DOCS = [
     "Kafka topics carry the requests; a consumer group spreads partitions over workers.",
@@ -126,6 +129,7 @@ def dev(
     port: Annotated[int, typer.Option(help="Port of the local broker (0: any free port).")] = 0,
     redis_url: Annotated[str, typer.Option(help="Redis for the cache; the in-process cache when it does not answer.")] = "redis://127.0.0.1:6379/0",
     exit_after_demo: Annotated[bool, typer.Option(help="Stop after the demo instead of serving on.")] = False,
+    gateway_port: Annotated[int, typer.Option(help="Port of the HTTP gateway (taken: any free port).")] = 8000,
 ) -> None:
     """Embedded defaults: a local Tansu broker, Redis or an in-process cache, the bundled model;
     streams demo documents through the worker, prints results and throughput, then keeps serving."""
@@ -138,14 +142,17 @@ def dev(
     logging.getLogger("kafka").setLevel(logging.ERROR)  # its IO-loop timing warnings are noise here
     broker = start_local_broker(port or None)
     settings = WorkerSettings.load(None, bootstrap_servers=broker.bootstrap_servers, models=[model], redis_url=redis_url,
-                                   metrics_port=0, session_timeout_ms=4000, heartbeat_interval_ms=500)
+                                   metrics_port=0, session_timeout_ms=4000, heartbeat_interval_ms=500,
+                                   allowed_reply_topics=REPLY_TOPICS)
     typer.echo(f"broker (Tansu) on {broker.bootstrap_servers}; loading {model} ...")
     worker = Worker(settings, dev=True)
     stop = threading.Event()
     thread = threading.Thread(target=worker.run, args=(stop,), name="poolworker-dev", daemon=True)
     thread.start()
+    gateway = None
     try:
         _wait_until_assigned(worker, thread)
+        gateway = _start_gateway(broker.bootstrap_servers, model, settings.requests_topic, gateway_port)
         texts = _demo_texts(documents)
         with PoolClient(broker.bootstrap_servers, model=model) as client:
             start = time.perf_counter()
@@ -173,6 +180,11 @@ def dev(
             f"  python -c \"from poolworker.client import PoolClient; "
             f"print(PoolClient('{broker.bootstrap_servers}').embed('hello')['data'][0]['embedding'][:4])\"\n"
             f"  poolworker submit requests.jsonl --bootstrap-servers {broker.bootstrap_servers}\n"
+            f"HTTP (vLLM's and TEI's API) on {gateway.url}:\n"
+            f"  curl -s {gateway.url}/v1/embeddings -H 'Content-Type: application/json' "
+            f"-d '{{\"model\": \"{model}\", \"input\": \"hello\"}}'\n"
+            f"  python -c \"from openai import OpenAI; print(len(OpenAI(base_url='{gateway.url}/v1', api_key='unused')"
+            f".embeddings.create(model='{model}', input='hello').data[0].embedding))\"\n"
             f"Ctrl-C stops."
         )
         while thread.is_alive():
@@ -180,9 +192,27 @@ def dev(
     except KeyboardInterrupt:
         typer.echo("stopping ...")
     finally:
+        if gateway is not None:
+            gateway.stop()
         stop.set()
         thread.join(60)
         broker.stop()
+
+
+# The reply topics of gateways (``poolworker.replies.<instance>``): what dev's worker may answer on.
+REPLY_TOPICS = r"poolworker\.replies\..+"
+
+
+def _start_gateway(bootstrap_servers: str, model: str, requests_topic: str, port: int):
+    """An HTTP gateway in front of the dev worker, on ``port`` or, if that is taken, any port."""
+    from .gateway.server import serve_in_thread
+    from .gateway.settings import GatewaySettings
+
+    common = {"bootstrap_servers": bootstrap_servers, "models": [model], "requests_topic": requests_topic}
+    try:
+        return serve_in_thread(GatewaySettings(port=port, **common))
+    except OSError:
+        return serve_in_thread(GatewaySettings(port=0, **common))
 
 
 def _await_as_they_come(futures: list, timeout_s: float) -> list[float]:
