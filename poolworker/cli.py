@@ -310,6 +310,8 @@ def bench(
     minilm_docs: Annotated[int | None, typer.Option(help="--pipeline: MiniLM requests, 0 to skip (default 2000).")] = None,
     processes: Annotated[str | None, typer.Option(help="--pipeline: worker process counts, comma-separated (default 1,2).")] = None,
     smoke: Annotated[bool, typer.Option(help="--pipeline: tiny sizes (checks the script, not the speed).")] = False,
+    transports: Annotated[str | None, typer.Option(help="Instead: per transport (comma-separated, or 'all'), the worker "
+                                                        "against a relay written with that queue's own client (bench/transports.py).")] = None,
     out_dir: Annotated[Path, typer.Option(help="Where the JSON and PNG go.")] = Path("bench/out"),
 ) -> None:
     """Engine vs sentence-transformers on the same machine: docs/s, tokens/s, MFU against the
@@ -317,10 +319,16 @@ def bench(
     bottleneck (worker vs a plain Kafka relay vs the engine alone). JSON + PNG in --out-dir.
     Needs a source checkout (the benchmarks live in bench/)."""
     try:
-        module = bench_module("pipeline" if pipeline else "engine_race")
+        module = bench_module("transports" if transports else "pipeline" if pipeline else "engine_race")
     except FileNotFoundError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
+    if transports:
+        from .consumers.transport import TRANSPORTS
+
+        chosen = TRANSPORTS if transports == "all" else tuple(t for t in transports.split(",") if t)
+        module.run_transports(chosen, docs or 20_000, out_dir)
+        return
     if pipeline:
         sizes = module.sizes_from(smoke, docs=docs, minilm_docs=minilm_docs, processes=processes)
         module.run_pipeline(sizes, out_dir)
