@@ -15,7 +15,31 @@ from collections.abc import Sequence
 from concurrent.futures import Future
 from typing import Any
 
-from .consumers.transport import Headers, open_channel
+from .consumers.transport import Headers, Reply, open_channel
+
+BINARY = b"application/octet-stream"
+
+
+def result_of(reply: Reply) -> dict[str, Any] | None:
+    """The result message in ``reply``, or None if it is not one. A binary result
+    (``encoding_format`` bytes / bytes_only: the raw arrays in the value, docs/contract.md) is
+    its ``metadata`` header's JSON (for ``bytes``), or the tags of its headers (``bytes_only``),
+    with the raw value under ``"bytes"``."""
+    headers = dict(reply.headers)
+    if headers.get("content-type") == BINARY:
+        try:
+            message = json.loads(headers["metadata"]) if "metadata" in headers else {
+                name: headers[name].decode("utf-8", "replace") for name in ("request_id", "task", "model") if name in headers}
+        except ValueError:
+            return None
+        message.setdefault("error", None)
+        message["bytes"] = reply.value
+        return message
+    try:
+        message = json.loads(reply.value)
+    except (TypeError, ValueError):
+        return None
+    return message if isinstance(message, dict) else None
 
 
 class PoolClient:
@@ -42,12 +66,11 @@ class PoolClient:
 
     def _read(self) -> None:
         while not self._stop.is_set():
-            for value in self.channel.receive(0.1):
-                try:
-                    message = json.loads(value)
-                    request_id = message.get("request_id")
-                except (TypeError, ValueError, AttributeError):
+            for reply in self.channel.receive(0.1):
+                message = result_of(reply)
+                if message is None:
                     continue
+                request_id = message.get("request_id")
                 with self._lock:
                     future = self._pending.pop(request_id, None)
                 if future is not None and not future.done():

@@ -325,10 +325,10 @@ def test_channel_reads_results_written_after_it_was_built_and_none_before(redis_
         channel.send(names["requests_topic"], b"key", b"body", [("h", b"v")])
         got: list[bytes] = []
         wait_for(lambda: got.extend(channel.receive(0.1)) or got, what="the new result")
-        assert got == [b"new-1"]
+        assert [reply.value for reply in got] == [b"new-1"] and dict(got[0].headers) == {}
         sent = entries(raw, names["requests_topic"])[0][1]
         assert sent == {b"value": b"body", b"key": b"key", b"h": b"v"}
-        assert fresh.receive(0.5) == [b"old", b"new-1"]  # built before the stream existed: from its first entry
+        assert [reply.value for reply in fresh.receive(0.5)] == [b"old", b"new-1"]  # built before the stream existed: from its first entry
     finally:
         channel.close()
         fresh.close()

@@ -271,3 +271,24 @@ def test_client_passes_each_kafka_option_to_the_client_that_takes_it(broker, eng
             assert c.embed("options reach the right client", model="minilm")["error"] is None
     finally:
         running.stop()
+
+
+def test_client_returns_binary_results_with_their_metadata(broker, engines):
+    """``encoding_format`` bytes / bytes_only results are raw arrays with headers, not JSON: the
+    client still matches them to their request and hands back the bytes."""
+    import numpy as np
+
+    settings, running = start_worker(broker, engines)
+    try:
+        with client_for(broker, settings) as c:
+            texts = ["binary results", "two of them"]
+            ref = np.asarray([o.outputs.embedding for o in engines["minilm"].embed(texts)], dtype=np.float32)
+            full = c.embed(texts, model="minilm", encoding_format="bytes", endianness="little", metadata={"doc": 7})
+            assert full["error"] is None and full["request_id"] and full["metadata"] == {"doc": 7}
+            got = np.frombuffer(full["bytes"], dtype="<f4").reshape(2, 384)
+            assert np.abs(got - ref).max() <= ATOL
+            assert [item["shape"] for item in full["data"]] == [[384], [384]]
+            bare = c.embed(texts[0], model="minilm", encoding_format="bytes_only", endianness="little")
+            assert bare["task"] == "embed" and np.abs(np.frombuffer(bare["bytes"], dtype="<f4") - ref[0]).max() <= ATOL
+    finally:
+        running.stop()

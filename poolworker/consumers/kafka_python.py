@@ -23,7 +23,7 @@ from ..config import WorkerSettings
 from ..work import Source
 from .offsets import OffsetTracker
 from .topics import ensure_topics
-from .transport import Headers, OnRevoked, Record, RecordTooLarge
+from .transport import Headers, OnRevoked, Record, RecordTooLarge, Reply
 
 log = logging.getLogger(__name__)
 
@@ -205,10 +205,11 @@ class KafkaPythonChannel:
     def flush(self, timeout_s: float) -> None:
         self.producer.flush(timeout=timeout_s)
 
-    def receive(self, timeout_s: float) -> list[bytes]:
+    def receive(self, timeout_s: float) -> list[Reply]:
         with self._lock:
             polled = self.consumer.poll(timeout_ms=int(timeout_s * 1000))
-        return [rec.value for batch in polled.values() for rec in batch if rec.value is not None]
+        return [Reply(rec.value, tuple((k, v or b"") for k, v in rec.headers or ()))
+                for batch in polled.values() for rec in batch if rec.value is not None]
 
     def close(self) -> None:
         self.producer.close(timeout=5)

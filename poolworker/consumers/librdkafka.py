@@ -41,7 +41,7 @@ from ..cache import redact_url
 from ..config import WorkerSettings
 from ..work import Source
 from .offsets import OffsetTracker
-from .transport import Headers, OnRevoked, Record, RecordTooLarge, TransportUnavailable
+from .transport import Headers, OnRevoked, Record, RecordTooLarge, Reply, TransportUnavailable
 
 log = logging.getLogger(__name__)
 client_log = logging.getLogger("poolworker.librdkafka")  # librdkafka's own log lines
@@ -551,13 +551,14 @@ class LibrdkafkaChannel:
     def flush(self, timeout_s: float) -> None:
         self.producer.flush(timeout_s)
 
-    def receive(self, timeout_s: float) -> list[bytes]:
+    def receive(self, timeout_s: float) -> list[Reply]:
         with self._lock:
             messages = self.consumer.consume(500, 0)
             if not messages:
                 first = self.consumer.poll(timeout_s)
                 messages = [] if first is None else [first] + self.consumer.consume(499, 0)
-        return [m.value() for m in messages if m.error() is None and m.value() is not None]
+        return [Reply(m.value(), tuple((k, v or b"") for k, v in m.headers() or ()))
+                for m in messages if m.error() is None and m.value() is not None]
 
     def close(self) -> None:
         self.producer.flush(5)

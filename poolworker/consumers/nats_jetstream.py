@@ -48,7 +48,7 @@ from nats.js import api
 from ..cache import redact_url
 from ..config import WorkerSettings
 from ..work import Source
-from .transport import Headers, OnRevoked, Record, RecordTooLarge, TransportUnavailable
+from .transport import Headers, OnRevoked, Record, RecordTooLarge, Reply, TransportUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -613,7 +613,7 @@ class NatsChannel:
     def __init__(self, servers: str, *, results_topic: str, options: dict) -> None:
         self.urls = server_urls(servers)
         self.io = LoopThread("poolclient-nats").start()
-        self._results: collections.deque[bytes] = collections.deque()
+        self._results: collections.deque[Reply] = collections.deque()
         self._arrived = threading.Condition()
         self._sent = threading.Condition()
         self._unacked = 0
@@ -632,7 +632,7 @@ class NatsChannel:
 
     async def _on_result(self, msg: Msg) -> None:
         with self._arrived:
-            self._results.append(msg.data)
+            self._results.append(Reply(msg.data, key_and_headers(msg.headers)[1]))
             self._arrived.notify_all()
 
     def send(self, topic: str, key: bytes | None, value: bytes, headers: Headers) -> None:
@@ -671,7 +671,7 @@ class NatsChannel:
             raise RuntimeError(f"{len(failures)} request(s) were not stored by JetStream: {failures[0]!r} "
                                "(does a stream capture the requests subject? is a worker running?)")
 
-    def receive(self, timeout_s: float) -> list[bytes]:
+    def receive(self, timeout_s: float) -> list[Reply]:
         with self._arrived:
             if not self._results:
                 self._arrived.wait(timeout_s)

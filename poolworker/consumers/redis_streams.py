@@ -53,7 +53,7 @@ from redis.retry import Retry
 from ..cache import redact_url
 from ..config import WorkerSettings
 from ..work import Source
-from .transport import Headers, OnRevoked, Record, RecordTooLarge, TransportUnavailable
+from .transport import Headers, OnRevoked, Record, RecordTooLarge, Reply, TransportUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -632,7 +632,7 @@ class RedisStreamsChannel:
     def flush(self, timeout_s: float) -> None:
         """Nothing to wait for: ``send`` returns once the server has the entry."""
 
-    def receive(self, timeout_s: float) -> list[bytes]:
+    def receive(self, timeout_s: float) -> list[Reply]:
         """Result values since the last call; a down server is logged and reads as nothing
         (the position is kept, so nothing is missed once it is back)."""
         wait = self._backoff.waiting()
@@ -652,7 +652,8 @@ class RedisStreamsChannel:
             entries = _stream_entries(reply)
             if entries:
                 self._last_id = entries[-1][0]
-        return [value for _, fields in entries for value in [parse_entry(fields or [])[1]] if value is not None]
+        parsed = [parse_entry(fields or []) for _, fields in entries]
+        return [Reply(value, headers) for _, value, headers in parsed if value is not None]
 
     def close(self) -> None:
         self.client.close()

@@ -55,6 +55,15 @@ Headers = list[tuple[str, bytes]]
 
 
 @dataclass(frozen=True, slots=True)
+class Reply:
+    """One record read back by a ``ClientChannel``: its value and headers (a binary result,
+    ``encoding_format`` bytes, is told apart and matched by its headers)."""
+
+    value: bytes
+    headers: tuple[tuple[str, bytes], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class Record:
     """One received message: where it came from and its raw value (None: a Kafka tombstone)."""
 
@@ -139,7 +148,7 @@ class ClientChannel(Protocol):
 
     Built as ``Channel(servers, *, results_topic, options)`` where ``servers`` is the Kafka
     bootstrap list or the transport URL and ``options`` the client library's own settings.
-    ``receive`` returns the values of records appended to ``results_topic`` after the channel
+    ``receive`` returns the records (value and headers) appended to ``results_topic`` after the channel
     was built (never earlier ones, never one missed in between); thread-safe ``send``."""
 
     def send(self, topic: str, key: bytes | None, value: bytes, headers: Headers) -> None:
@@ -148,8 +157,8 @@ class ClientChannel(Protocol):
     def flush(self, timeout_s: float) -> None:
         """Wait until every sent record was acked by the queue."""
 
-    def receive(self, timeout_s: float) -> list[bytes]:
-        """Result values that arrived, waiting at most ``timeout_s`` for the first."""
+    def receive(self, timeout_s: float) -> list[Reply]:
+        """Results that arrived, waiting at most ``timeout_s`` for the first."""
 
     def close(self) -> None:
         """Release the connections."""
@@ -183,4 +192,4 @@ def make_transport(settings: WorkerSettings, *, on_revoked: OnRevoked | None = N
     return cls(settings, on_revoked=on_revoked or (lambda _parts: None))
 
 
-__all__ = ["CLIENT_CHANNELS", "IMPLEMENTATIONS", "ClientChannel", "OnRevoked", "make_transport", "open_channel", "TRANSPORTS", "Headers", "Record", "RecordTooLarge", "Transport", "TransportUnavailable"]
+__all__ = ["Reply", "CLIENT_CHANNELS", "IMPLEMENTATIONS", "ClientChannel", "OnRevoked", "make_transport", "open_channel", "TRANSPORTS", "Headers", "Record", "RecordTooLarge", "Transport", "TransportUnavailable"]
