@@ -12,12 +12,12 @@ import time
 import uuid
 
 import pytest
+from streaming import RunningWorker, as_json, produce, read_topic, worker_settings
 
 from poolworker.cache import make_cache
 from poolworker.client import PoolClient
 from poolworker.metrics import Metrics
 from poolworker.worker import Worker
-from streaming import RunningWorker, as_json, produce, read_topic, worker_settings
 
 ATOL = 1e-6
 

@@ -41,7 +41,14 @@ from ..cache import redact_url
 from ..config import WorkerSettings
 from ..work import Source
 from .offsets import OffsetTracker
-from .transport import Headers, OnRevoked, Record, RecordTooLarge, Reply, TransportUnavailable
+from .transport import (
+    Headers,
+    OnRevoked,
+    Record,
+    RecordTooLarge,
+    Reply,
+    TransportUnavailable,
+)
 
 log = logging.getLogger(__name__)
 client_log = logging.getLogger("poolworker.librdkafka")  # librdkafka's own log lines

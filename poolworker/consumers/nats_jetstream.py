@@ -48,7 +48,14 @@ from nats.js import api
 from ..cache import redact_url
 from ..config import WorkerSettings
 from ..work import Source
-from .transport import Headers, OnRevoked, Record, RecordTooLarge, Reply, TransportUnavailable
+from .transport import (
+    Headers,
+    OnRevoked,
+    Record,
+    RecordTooLarge,
+    Reply,
+    TransportUnavailable,
+)
 
 log = logging.getLogger(__name__)
 

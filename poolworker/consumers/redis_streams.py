@@ -53,7 +53,14 @@ from redis.retry import Retry
 from ..cache import redact_url
 from ..config import WorkerSettings
 from ..work import Source
-from .transport import Headers, OnRevoked, Record, RecordTooLarge, Reply, TransportUnavailable
+from .transport import (
+    Headers,
+    OnRevoked,
+    Record,
+    RecordTooLarge,
+    Reply,
+    TransportUnavailable,
+)
 
 log = logging.getLogger(__name__)
 

@@ -192,4 +192,4 @@ def make_transport(settings: WorkerSettings, *, on_revoked: OnRevoked | None = N
     return cls(settings, on_revoked=on_revoked or (lambda _parts: None))
 
 
-__all__ = ["Reply", "CLIENT_CHANNELS", "IMPLEMENTATIONS", "ClientChannel", "OnRevoked", "make_transport", "open_channel", "TRANSPORTS", "Headers", "Record", "RecordTooLarge", "Transport", "TransportUnavailable"]
+__all__ = ["CLIENT_CHANNELS", "IMPLEMENTATIONS", "TRANSPORTS", "ClientChannel", "Headers", "OnRevoked", "Record", "RecordTooLarge", "Reply", "Transport", "TransportUnavailable", "make_transport", "open_channel"]
