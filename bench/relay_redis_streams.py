@@ -6,13 +6,12 @@ parse each request's JSON, answer it with a 32-float JSON result (the XADDs of a
 pipelined round trip), then XACK the batch. No model, no validation, no batching beyond the
 read. ``run_relay`` returns msgs/s from its first read to the last result written.
 
-Usage: python bench/relay_redis_streams.py URL N   (writes N requests to a fresh stream first)
+bench/transports.py (``poolworker bench --transports``) runs it next to the worker.
 """
 
 from __future__ import annotations
 
 import json
-import sys
 import time
 import uuid
 
@@ -58,31 +57,3 @@ def run_relay(url: str, requests_stream: str, results_stream: str, n: int, *, ti
             client.xgroup_destroy(requests_stream, group)
         finally:
             client.close()
-
-
-def preload(url: str, stream: str, n: int) -> None:
-    """``n`` one-document embed requests, as bench/pipeline.py sends them."""
-    import redis
-
-    client = redis.Redis.from_url(url)
-    pipe = client.pipeline(transaction=False)
-    for i in range(n):
-        body = {"request_id": f"r{i}", "task": "embed", "model": "tiny", "input": f"document number {i}"}
-        pipe.xadd(stream, {"value": json.dumps(body).encode(), "key": f"k{i}".encode()})
-        if i % 1000 == 999:
-            pipe.execute()
-    pipe.execute()
-    client.close()
-
-
-if __name__ == "__main__":
-    url, count = sys.argv[1], int(sys.argv[2])
-    tag = uuid.uuid4().hex[:8]
-    source, sink = f"relay{tag}.requests", f"relay{tag}.results"
-    preload(url, source, count)
-    try:
-        print(f"{run_relay(url, source, sink, count):.0f} msgs/s")
-    finally:
-        import redis
-
-        redis.Redis.from_url(url).delete(source, sink)
