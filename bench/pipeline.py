@@ -36,6 +36,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -228,28 +229,37 @@ def relay_main(bootstrap: str, source: str, sink: str, group: str, group_options
         consumer.close()
 
 
-def run_relay(bootstrap: str, messages: list[tuple[bytes, bytes]], model: str, sizes: Sizes, probe_texts: list[str]) -> dict:
-    """The relay in a child process, over its own copy of ``messages``."""
+@contextmanager
+def relay_process(bootstrap: str, requests_topic: str, sink: str, group_options: dict):
+    """The relay in a child process while the block runs; yields (is_alive, the epoch ms at
+    which it first owned partitions — read it after results arrived)."""
     from multiprocessing import get_context
 
     ctx = get_context("spawn")
-    n = len(messages)
-    requests_topic = preload(bootstrap, messages, sizes.partitions)
-    tag = uuid.uuid4().hex[:8]
-    sink = new_topic(bootstrap, f"relay{tag}.results", sizes.partitions)
-    reader = TopicReader(bootstrap, sink)
     stop, assigned_at = ctx.Event(), ctx.Value("d", 0.0)
-    process = ctx.Process(target=relay_main, args=(bootstrap, requests_topic, sink, f"relay{tag}", sizes.group_options(), stop, assigned_at),
-                          name="relay")
+    process = ctx.Process(target=relay_main, args=(bootstrap, requests_topic, sink, f"relay{uuid.uuid4().hex[:8]}", group_options,
+                                                   stop, assigned_at), name="relay")
     process.start()
     try:
-        result = summarize(collect(reader, n, sizes.timeout_s, process.is_alive), n, assigned_at.value)
-        result["latency"] = latency_probe(bootstrap, requests_topic, reader, model, probe_texts, sizes.latency_rate, 60)
+        yield process.is_alive, assigned_at
     finally:
         stop.set()
         process.join(30)
         if process.is_alive():
             process.kill()
+
+
+def run_relay(bootstrap: str, messages: list[tuple[bytes, bytes]], model: str, sizes: Sizes, probe_texts: list[str]) -> dict:
+    """The relay in a child process, over its own copy of ``messages``."""
+    n = len(messages)
+    requests_topic = preload(bootstrap, messages, sizes.partitions)
+    sink = new_topic(bootstrap, f"relay{uuid.uuid4().hex[:8]}.results", sizes.partitions)
+    reader = TopicReader(bootstrap, sink)
+    try:
+        with relay_process(bootstrap, requests_topic, sink, sizes.group_options()) as (alive, assigned_at):
+            result = summarize(collect(reader, n, sizes.timeout_s, alive), n, assigned_at.value)
+            result["latency"] = latency_probe(bootstrap, requests_topic, reader, model, probe_texts, sizes.latency_rate, 60)
+    finally:
         reader.close()
     return result
 

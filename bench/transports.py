@@ -54,25 +54,13 @@ def _relay(transport: str) -> Callable[[str, str, str, int], float]:
 
 def _kafka_python_relay(pipeline, bootstrap: str, requests: str, results: str, n: int) -> float:
     """pipeline.py's relay process over an already loaded topic, timed from its assignment."""
-    from multiprocessing import get_context
-
     from reliability.procs import TopicReader
 
-    ctx = get_context("spawn")
     reader = TopicReader(bootstrap, results)
-    stop, assigned_at = ctx.Event(), ctx.Value("d", 0.0)
-    process = ctx.Process(target=pipeline.relay_main, name="relay",
-                          args=(bootstrap, requests, results, f"relay{uuid.uuid4().hex[:8]}",
-                                pipeline.Sizes().group_options(), stop, assigned_at))
-    process.start()
     try:
-        records = pipeline.collect(reader, n, 600, process.is_alive)
-        return pipeline.summarize(records, n, assigned_at.value)["docs_per_s"]
+        with pipeline.relay_process(bootstrap, requests, results, pipeline.Sizes().group_options()) as (alive, assigned_at):
+            return pipeline.summarize(pipeline.collect(reader, n, 600, alive), n, assigned_at.value)["docs_per_s"]
     finally:
-        stop.set()
-        process.join(30)
-        if process.is_alive():
-            process.kill()
         reader.close()
 
 

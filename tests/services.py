@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from poolworker.broker import free_port
+from poolworker.broker import free_port, stop_process
 from poolworker.cache import answers_ping, redact_url
 
 
@@ -63,13 +63,7 @@ class RedisServer:
             return False
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
         self.proc = None
 
 

@@ -28,7 +28,7 @@ import nats
 import nats.js.errors
 from nats.js import api
 
-from poolworker.broker import free_port, wait_for_port
+from poolworker.broker import free_port, stop_process, wait_for_port
 
 from .peers import Reader, Received
 
@@ -127,13 +127,7 @@ class NatsPeer:
                 time.sleep(0.1)
 
     def _halt(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
         self.proc = None
 
     def restart(self, down_s: float = 0.0) -> None:

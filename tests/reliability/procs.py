@@ -12,11 +12,13 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from poolworker.broker import free_port, wait_for_port
+
+from .peers import Reader
 
 REPO = Path(__file__).resolve().parents[2]
 FAST_GROUP = {"session_timeout_ms": 4000, "heartbeat_interval_ms": 500}
@@ -201,14 +203,14 @@ def produce(bootstrap: str, topic: str, messages: Iterable[tuple[bytes | None, b
         producer.close()
 
 
-class TopicReader:
-    """Reads a topic from the beginning and keeps everything read; ``until`` polls on."""
+class TopicReader(Reader):
+    """Reads a Kafka topic from the beginning (kafka-python, no group) and keeps everything read."""
 
     def __init__(self, bootstrap: str, topic: str) -> None:
         from kafka import KafkaConsumer
         from kafka.structs import TopicPartition
 
-        self.records: list = []
+        super().__init__()
         self.consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
                                       auto_offset_reset="earliest", enable_incremental_fetch_sessions=False)
         deadline = time.monotonic() + 20
@@ -221,33 +223,11 @@ class TopicReader:
         self.consumer.assign([TopicPartition(topic, p) for p in sorted(parts)])
         self.consumer.seek_to_beginning()
 
-    def poll(self, timeout_ms: int = 200) -> None:
-        for batch in self.consumer.poll(timeout_ms=timeout_ms).values():
-            self.records.extend(batch)
-
-    def until(self, done: Callable[[list], bool], timeout_s: float, on_wait: Callable[[], None] | None = None) -> bool:
-        deadline = time.monotonic() + timeout_s
-        while not done(self.records):
-            if time.monotonic() > deadline:
-                return False
-            if on_wait is not None:
-                on_wait()
-            self.poll()
-        return True
-
-    def settle(self, quiet_s: float = 1.5) -> None:
-        """Poll until nothing new arrived for ``quiet_s`` (late duplicates land here)."""
-        last, count = time.monotonic(), len(self.records)
-        while time.monotonic() - last < quiet_s:
-            self.poll()
-            if len(self.records) != count:
-                last, count = time.monotonic(), len(self.records)
+    def fetch(self, timeout_s: float) -> list:
+        return [rec for batch in self.consumer.poll(timeout_ms=int(timeout_s * 1000)).values() for rec in batch]
 
     def close(self) -> None:
         self.consumer.close()
-
-    def messages(self) -> list[dict]:
-        return [json.loads(r.value) for r in self.records]
 
 
 def ids_answered(records: list) -> set[str]:
