@@ -32,13 +32,15 @@ def models(
     convert: Annotated[str | None, typer.Option(help="Override conversion: embed or classify.")] = None,
     trust_remote_code: Annotated[bool, typer.Option(help="Allow the model's own code to run.")] = False,
     allow_pickle: Annotated[bool, typer.Option(help="Allow pickled (.bin) weights.")] = False,
+    hf_overrides: Annotated[str | None, typer.Option(help="vLLM-style hf_overrides as JSON (generative rerankers, bge-m3).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Print a model's architecture, supported tasks and resolved pooler config."""
     from poolworker import Engine
 
     try:
-        info = Engine(model, convert=convert, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle).describe()
+        info = Engine(model, convert=convert, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle,
+                      hf_overrides=hf_overrides).describe()
     except (ValueError, TypeError, FileNotFoundError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
@@ -88,6 +90,8 @@ def run(
     max_inflight_requests: Annotated[int | None, typer.Option(help="Pause consuming above this many unfinished requests.")] = None,
     allowed_reply_topics: Annotated[str | None, typer.Option(help="Regex of topics reply_to may name.")] = None,
     processes: Annotated[int | None, typer.Option(help="Worker processes on this host, one consumer group (1: this process serves).")] = None,
+    hf_overrides: Annotated[list[str] | None, typer.Option("--hf-overrides", help="MODEL=JSON: vLLM-style hf_overrides for "
+                                                           "one --model (generative rerankers, bge-m3); repeatable.")] = None,
     io_processor: Annotated[list[str] | None, typer.Option("--io-processor", help="MODEL=PLUGIN: serve task 'plugin' for MODEL "
                                                            "through an IO processor plugin (docs/plugins.md); repeatable.")] = None,
     config: Annotated[Path | None, typer.Option(help="TOML or JSON settings file.")] = None,
@@ -108,7 +112,7 @@ def run(
             kafka_options=parse_key_values(kafka_option, "--kafka-option") if kafka_option else None,
             max_batch_tokens=max_batch_tokens, max_batch_requests=max_batch_requests, max_wait_ms=max_wait_ms,
             max_inflight_requests=max_inflight_requests, allowed_reply_topics=allowed_reply_topics, processes=processes,
-            io_processors=io_processor or None,
+            io_processors=io_processor or None, hf_overrides=hf_overrides or None,
         )
         if settings.processes == 1:
             serve(settings)

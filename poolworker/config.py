@@ -13,7 +13,11 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 from .cache import redact_url
 
@@ -81,6 +85,8 @@ class WorkerSettings(BaseSettings):
     dtype: str = "auto"
     trust_remote_code: bool = False
     allow_pickle: bool = False
+    hf_overrides: list[str] = Field(default_factory=list, description="MODEL=JSON: vLLM-style hf_overrides for one --model "
+                                    "(generative rerankers, bge-m3; docs/models.md)")
     io_processors: list[str] = Field(default_factory=list, description="MODEL=PLUGIN: serve the model's `plugin` task "
                                      "through an IO processor plugin (entry point group poolworker.io_processors)")
 
@@ -215,6 +221,21 @@ def parse_model_specs(specs: list[str]) -> dict[str, str]:
         if name in out:
             raise ValueError(f"--model: the name {name!r} is given twice")
         out[name] = path
+    return out
+
+
+def parse_model_options(specs: list[str], models: dict[str, str], flag: str) -> dict[str, str]:
+    """``MODEL=VALUE`` flags → {model: value}, each model one of ``--model``'s names, once."""
+    out: dict[str, str] = {}
+    for spec in specs:
+        name, sep, value = spec.partition("=")
+        if not sep or not name or not value:
+            raise ValueError(f"{flag} {spec!r}: expected MODEL=VALUE")
+        if name not in models:
+            raise ValueError(f"{flag} {spec!r}: no --model is named {name!r} (models: {', '.join(sorted(models))})")
+        if name in out:
+            raise ValueError(f"{flag}: model {name!r} is given twice")
+        out[name] = value
     return out
 
 

@@ -23,7 +23,7 @@ LATENCY_BUCKETS: tuple[float, ...] = (
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 )
 # Powers of two: batchers cap sizes at powers of two, so bucket edges land on the caps.
-BATCH_SIZE_BUCKETS: tuple[float, ...] = tuple(float(2**i) for i in range(0, 13))  # 1 .. 4096
+BATCH_SIZE_BUCKETS: tuple[float, ...] = tuple(float(2**i) for i in range(13))  # 1 .. 4096
 BATCH_TOKEN_BUCKETS: tuple[float, ...] = tuple(float(2**i) for i in range(4, 18))  # 16 .. 131072
 
 
@@ -245,7 +245,7 @@ class MetricsServer:
         metrics, max_silence_s = self.metrics, self.max_silence_s
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+            def do_GET(self) -> None:
                 path = self.path.split("?", 1)[0]
                 if path == "/metrics":
                     # choose_encoder honours Prometheus' Accept header (OpenMetrics when asked),
@@ -272,7 +272,7 @@ class MetricsServer:
                 self.end_headers()
                 self.wfile.write(body)
 
-            def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+            def log_message(self, format: str, *args: object) -> None:
                 """Silenced: probes hit every few seconds and would flood stderr."""
 
         return Handler

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 
 from . import __version__
 from .cache import ResultCache, make_cache
-from .config import WorkerSettings, parse_model_specs
+from .config import WorkerSettings, parse_model_options, parse_model_specs
 from .consumers.loop import WorkerLoop
 from .engine import Engine
 from .metrics import Metrics, MetricsServer
@@ -25,10 +25,13 @@ log = logging.getLogger(__name__)
 def load_engines(settings: WorkerSettings) -> dict[str, Engine]:
     """Every ``--model``, loaded once, under the name requests route by."""
     engines = {}
-    for name, path in parse_model_specs(settings.models).items():
+    specs = parse_model_specs(settings.models)
+    overrides = parse_model_options(settings.hf_overrides, specs, "--hf-overrides")
+    for name, path in specs.items():
         log.info("loading model %s from %s", name, path)
         engines[name] = Engine(path, device=settings.device, dtype=settings.dtype, max_batch_tokens=settings.max_batch_tokens,
-                               trust_remote_code=settings.trust_remote_code, allow_pickle=settings.allow_pickle)
+                               trust_remote_code=settings.trust_remote_code, allow_pickle=settings.allow_pickle,
+                               hf_overrides=overrides.get(name))
     return engines
 
 
@@ -36,9 +39,9 @@ def load_processors(settings: WorkerSettings, engines: Mapping[str, Engine]) -> 
     """Every ``--io-processor MODEL=PLUGIN``, loaded once at start (a missing plugin stops the
     start, naming the installed ones)."""
     from .plugins.offline import context_for
-    from .plugins.registry import load_processor, parse_processor_specs
+    from .plugins.registry import load_processor
 
-    specs = parse_processor_specs(settings.io_processors, set(engines))
+    specs = parse_model_options(settings.io_processors, dict.fromkeys(engines, ""), "--io-processor")
     return {model: load_processor(plugin, context_for(engines[model], model)) for model, plugin in specs.items()}
 
 

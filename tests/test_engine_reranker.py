@@ -178,9 +178,11 @@ def test_a_model_spec_file_carries_the_overrides(causal_lm, Engine, tmp_path):
     assert_clean_error(lambda: Engine(str(spec), device="cpu", hf_overrides=QWEN3_RERANKER), "both")
 
 
-def test_the_worker_serves_a_spec_file_rerank_request(causal_lm, tmp_path):
-    """--model NAME=spec.json through the worker's own loading and task code (plan → the
-    engine calls on token ids → the vLLM rerank body) gives the model card's scores."""
+@pytest.mark.parametrize("how", ["spec file", "flag"])
+def test_the_worker_serves_a_rerank_request_with_overrides(how, causal_lm, tmp_path):
+    """--model NAME=spec.json, or --model NAME=PATH with --hf-overrides NAME=JSON, through the
+    worker's own loading and task code (plan → the engine calls on token ids → the vLLM rerank
+    body) gives the model card's scores."""
     import json
 
     from poolworker.config import WorkerSettings
@@ -189,9 +191,13 @@ def test_the_worker_serves_a_spec_file_rerank_request(causal_lm, tmp_path):
     from poolworker.worker import load_engines
 
     path = causal_lm("qwen3")
-    spec = tmp_path / "rr.json"
-    spec.write_text(json.dumps({"model": str(path), "hf_overrides": QWEN3_RERANKER}))
-    engine = load_engines(WorkerSettings(models=[f"rr={spec}"], device="cpu"))["rr"]
+    if how == "flag":
+        settings = WorkerSettings(models=[f"rr={path}"], hf_overrides=[f"rr={json.dumps(QWEN3_RERANKER)}"], device="cpu")
+    else:
+        spec = tmp_path / "rr.json"
+        spec.write_text(json.dumps({"model": str(path), "hf_overrides": QWEN3_RERANKER}))
+        settings = WorkerSettings(models=[f"rr={spec}"], device="cpu")
+    engine = load_engines(settings)["rr"]
     req = parse_request(json.dumps({"request_id": "r", "task": "rerank", "model": "rr", "query": QUERY, "documents": DOCS}).encode())
     work = plan(req)
     body = assemble(req, work, run_plan(engine, work), model="rr")

@@ -8,10 +8,11 @@ from itertools import pairwise
 import numpy as np
 import pytest
 
+from poolworker.config import parse_model_options
 from poolworker.plugins.chunking import TextChunker
 from poolworker.plugins.interface import PluginInputError
 from poolworker.plugins.offline import context_for, run_plugin
-from poolworker.plugins.registry import load_processor, parse_processor_specs
+from poolworker.plugins.registry import load_processor
 
 
 @pytest.fixture(scope="module")
@@ -34,10 +35,13 @@ def test_an_unknown_plugin_names_the_installed_ones(minilm_engine) -> None:
 
 
 def test_processor_specs_name_served_models() -> None:
-    assert parse_processor_specs(["minilm=text_chunker"], {"minilm"}) == {"minilm": "text_chunker"}
-    for bad in (["minilm"], ["other=text_chunker"], ["minilm=a", "minilm=b"]):
-        with pytest.raises(ValueError):
-            parse_processor_specs(bad, {"minilm"})
+    """--io-processor (and --hf-overrides) take MODEL=VALUE for a model the worker serves, once."""
+    models = {"minilm": "all-MiniLM-L6-v2"}
+    assert parse_model_options(["minilm=text_chunker"], models, "--io-processor") == {"minilm": "text_chunker"}
+    for bad, says in ((["minilm"], "MODEL=VALUE"), (["other=text_chunker"], "no --model is named 'other'"),
+                      (["minilm=a", "minilm=b"], "twice")):
+        with pytest.raises(ValueError, match=says):
+            parse_model_options(bad, models, "--io-processor")
 
 
 def test_passages_cover_the_text_within_the_token_limit(chunker, document, minilm_tokenizer) -> None:
@@ -82,11 +86,12 @@ def test_bad_data_is_a_typed_error_naming_the_field(chunker, data, param) -> Non
 def test_the_worker_serves_plugin_requests_through_kafka(broker, minilm_engine, minilm_st, document) -> None:
     """Task ``plugin`` and vLLM's ``/pooling`` form (``data`` without ``input``) both go through
     the model's plugin; a model without one, and bad data, are error results naming the field."""
+    from streaming import RunningWorker, worker_settings
+
     from poolworker.cache import make_cache
     from poolworker.client import PoolClient
     from poolworker.metrics import Metrics
     from poolworker.worker import Worker
-    from streaming import RunningWorker, worker_settings
 
     settings = worker_settings(broker, io_processors=["chunked=text_chunker"])
     engines = {"chunked": minilm_engine, "plain": minilm_engine}

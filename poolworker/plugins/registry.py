@@ -39,19 +39,4 @@ def load_processor(name: str, context: PluginContext) -> IOProcessor:
     return cls(context)
 
 
-def parse_processor_specs(specs: list[str], models: set[str]) -> dict[str, str]:
-    """``MODEL=PLUGIN`` flags → {model: plugin}, each model one the worker serves."""
-    out: dict[str, str] = {}
-    for spec in specs:
-        model, sep, plugin = spec.partition("=")
-        if not sep or not model or not plugin:
-            raise ValueError(f"--io-processor {spec!r}: expected MODEL=PLUGIN")
-        if model not in models:
-            raise ValueError(f"--io-processor {spec!r}: no --model is named {model!r} (models: {', '.join(sorted(models))})")
-        if model in out:
-            raise ValueError(f"--io-processor: model {model!r} is given two plugins")
-        out[model] = plugin
-    return out
-
-
-__all__ = ["GROUP", "installed", "load_processor", "parse_processor_specs"]
+__all__ = ["GROUP", "installed", "load_processor"]
