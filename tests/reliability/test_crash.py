@@ -10,7 +10,7 @@ from collections import defaultdict
 
 from .procs import embed_requests, ids_answered
 
-N = 2000
+N = 1000
 # Redis Streams / NATS hand a dead worker's unacknowledged records to another after this long
 # (ignored on Kafka, where a revoke moves them); short so the tests wait seconds, not a minute.
 REDELIVERY = {"redelivery_timeout_s": 5}
