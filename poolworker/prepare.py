@@ -204,7 +204,7 @@ class Preparer:
         items = draft.plan.items
         draft.item_labels = item_labels(request, draft.plan)
         draft.cached = [None] * len(items)
-        if self.caching:
+        if self.caching and draft.call.mode != "multi":  # the cache holds one array per item
             scope = draft.call.pooling_task or f"score:{draft.call.mode}"
             fingerprint = engine.model.fingerprint
             draft.cache_keys = [cache_key(fingerprint, scope, draft.plan.options, item.key_payload()) for item in items]

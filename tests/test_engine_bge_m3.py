@@ -141,6 +141,37 @@ def test_three_outputs_from_one_forward(engine, reference, monkeypatch):
         assert all(abs(lexical[k] - v) <= ATOL for k, v in ref["lexical"].items())
 
 
+def test_a_worker_request_asks_for_all_three_at_once(engine, reference):
+    """``pooling_tasks`` on task ``pooling``, through the worker's own protocol and task code
+    (parse → plan → tokenize → one compute_many → the /pooling body), against the formulas."""
+    import json
+
+    from poolworker.protocol import InvalidRequest, parse_request
+    from poolworker.tasks import assemble, check_output, model_call, plan, run_plan
+
+    body = {"request_id": "m3", "task": "pooling", "input": TEXTS, "pooling_tasks": ["embed", "token_embed", "token_classify"]}
+    request = parse_request(json.dumps(body).encode())
+    work = plan(request)
+    call, _ = model_call(engine, work)
+    assert call.mode == "multi" and call.tasks == ("embed", "token_embed", "token_classify")
+    answer = assemble(request, work, run_plan(engine, work), model="m3")
+    assert answer["usage"]["prompt_tokens"] == sum(len(reference(t)["ids"]) for t in TEXTS)
+    for text, item in zip(TEXTS, answer["data"]):
+        ref = reference(text)
+        for task in ("embed", "token_embed", "token_classify"):
+            _close(item["data"][task], ref[task], f"worker {task} {text[:15]!r}")
+        lexical = {int(k): v for k, v in item["data"]["lexical_weights"].items()}
+        assert set(lexical) == set(ref["lexical"]) and all(abs(lexical[k] - v) <= ATOL for k, v in ref["lexical"].items())
+    binary = parse_request(json.dumps({**body, "encoding_format": "base64"}).encode())
+    with pytest.raises(ValueError, match="float only"):
+        check_output(binary, model_call(engine, plan(binary))[0])
+    with pytest.raises(InvalidRequest) as err:
+        parse_request(json.dumps({**body, "pooling_task": "embed"}).encode())
+    assert err.value.error.param == "pooling_tasks"
+    other_task = parse_request(json.dumps({**body, "task": "embed"}).encode())  # a field embed does not read
+    assert other_task.pooling_tasks is None and "pooling_tasks" in other_task.ignored
+
+
 def test_multi_request_checks(engine):
     assert_clean_error(lambda: engine.encode_multi(TEXTS, pooling_tasks=["embed", "embed"]), "twice")
     assert_clean_error(lambda: engine.encode_multi(TEXTS, pooling_tasks=["classify"]), "cannot do 'classify'")
@@ -195,3 +226,32 @@ def test_missing_head_files_and_other_families_are_refused(tmp_path):
     assert_clean_error(lambda: Engine(str(path), device="cpu", hf_overrides=BGE_M3), "sparse_linear", types=(FileNotFoundError,))
     bert = build(FAMILIES["bert"], "embed", tmp_path / "bert")
     assert_clean_error(lambda: Engine(str(bert), device="cpu", hf_overrides=BGE_M3), "bert", "not supported")
+
+
+def test_multi_task_requests_through_kafka_with_a_cache(broker, engine, reference):
+    """The whole worker (receive → infer → publish) with a result cache: a multi-task request is
+    answered (and, holding several arrays per item, never cached), while a single-task request of
+    the same text still is."""
+    from streaming import RunningWorker, worker_settings
+
+    from poolworker.cache import make_cache
+    from poolworker.client import PoolClient
+    from poolworker.metrics import Metrics
+    from poolworker.worker import Worker
+
+    settings = worker_settings(broker)
+    cache = make_cache(None, dev=True)
+    running = RunningWorker(Worker(settings, engines={"m3": engine}, cache=cache, metrics=Metrics())).start()
+    try:
+        with PoolClient(broker.bootstrap_servers, requests_topic=settings.requests_topic,
+                        results_topic=settings.results_topic) as client:
+            for _ in range(2):  # the second round would hit the cache if multi-task items were cached
+                answer = client.encode(TEXTS[1], pooling_tasks=["embed", "token_classify"], timeout_s=120)
+                assert answer["error"] is None, answer["error"]
+                item = answer["data"][0]["data"]
+                _close(item["embed"], reference(TEXTS[1])["embed"], "kafka embed")
+                _close(item["token_classify"], reference(TEXTS[1])["token_classify"], "kafka sparse")
+            single = client.encode(TEXTS[1], pooling_task="embed", timeout_s=120)
+            _close(single["data"][0]["data"], reference(TEXTS[1])["embed"], "kafka single embed")
+    finally:
+        running.stop()

@@ -107,8 +107,8 @@ class Publisher:
         fresh: dict[str, bytes] = {}
         for finished in batch:
             published_ok = self._publish_result(finished)
-            if published_ok and self.caching:
-                keys = finished.prepared.cache_keys
+            keys = finished.prepared.cache_keys
+            if published_ok and self.caching and keys:  # multi-task items have none: not cached
                 for i in finished.fresh:
                     result = finished.results[i]
                     fresh[keys[i]] = encode_value(result.data, result.num_tokens)

@@ -34,7 +34,8 @@ _SCORING = _COMMON | {"use_activation", "max_tokens_per_query", "max_tokens_per_
                       "chat_template_kwargs"}  # ScoringRequestMixin
 _SCORE_PAIRS = frozenset({"text_1", "text_2", "queries", "documents", "items", "data_1", "data_2"})
 # PoolingCompletionRequest / PoolingChatRequest; vLLM's body field ``task`` is our ``pooling_task``
-_POOLING = _EMBED | _CLASSIFY | {"pooling_task"}
+# ``pooling_tasks`` is ours (several tasks from one forward pass, e.g. bge-m3's three outputs)
+_POOLING = _EMBED | _CLASSIFY | {"pooling_task", "pooling_tasks"}
 
 # CohereEmbedRequest (a plain BaseModel: unknown fields ignored there too)
 _COHERE = frozenset({

@@ -199,6 +199,7 @@ class PoolingRequest(BaseModel):
     media_io_kwargs: dict[str, Any] | None = None
     # head and output
     pooling_task: PoolingTask | None = None
+    pooling_tasks: list[PoolingTask] | None = None  # ours: several tasks from one forward pass (bge-m3)
     dimensions: Annotated[int, Field(ge=1)] | None = None
     use_activation: bool | None = None
     encoding_format: EncodingFormat = "float"
@@ -310,6 +311,11 @@ class PoolingRequest(BaseModel):
                 _fail("data", f"data is required for task 'plugin' (the IO processor plugin reads it){self._misspelt('data')}")
         elif self.form != "chat" and self.input is None and self.inputs is None:
             _fail("input", f"input is required for task '{self.task}'{self._misspelt('input')}")
+        if self.pooling_tasks is not None:
+            if self.task != "pooling":
+                _fail("pooling_tasks", f"pooling_tasks applies to task 'pooling', not '{self.task}'")
+            if self.pooling_task is not None:
+                _fail("pooling_tasks", "give pooling_task or pooling_tasks, not both")
         if self.dimensions is not None and self.pooling_task in ("classify", "token_classify"):
             _fail("dimensions", f"dimensions applies to embed and token_embed, not pooling_task '{self.pooling_task}'")
         return self

@@ -73,7 +73,10 @@ def _describe(data: object) -> str:
 
 
 def _pooling(request: PoolingRequest, results: Sequence[ItemResult]) -> list[dict[str, Any]]:
-    return [{"object": "pooling", "index": i, "data": _encoded(request, r.data)} for i, r in enumerate(results)]
+    """vLLM's /pooling data; an item of several tasks (``pooling_tasks``) has one entry per task
+    (float only: ``check_output`` refused other encodings)."""
+    return [{"object": "pooling", "index": i, "data": r.data if isinstance(r.data, dict) else _encoded(request, r.data)}
+            for i, r in enumerate(results)]
 
 
 def _scores(results: Sequence[ItemResult]) -> list[float]:
@@ -137,7 +140,9 @@ def check_output(request: PoolingRequest, call: ModelCall) -> None:
     ``instruction`` (or ``chat_template_kwargs``) would change a score-template model's prompt,
     which the engine does not take yet, so it is refused there rather than silently dropped
     (models without a score template ignore it, as in vLLM)."""
-    if call.mode != "encode" and getattr(call.engine, "score_template", None) is not None:
+    if call.mode == "multi" and request.encoding_format != "float":
+        raise InvalidInput("pooling_tasks results are answered as float only (one array per task)", "encoding_format")
+    if call.mode not in ("encode", "multi") and getattr(call.engine, "score_template", None) is not None:
         for name in ("instruction", "chat_template_kwargs"):
             if getattr(request, name):
                 raise InvalidInput(f"{name} is not applied to score templates by this worker yet; leave it out", name)

@@ -23,14 +23,14 @@ from poolworker.engine.errors import EngineError
 from poolworker.engine.poolers import HeadParams
 from poolworker.engine.prompts import Truncation, raise_first
 
-from .items import Item, ItemResult, Plan
+from .items import MULTI_TASK_SEPARATOR, Item, ItemResult, Plan
 
 if TYPE_CHECKING:
     import torch
 
     from poolworker.engine import Engine
 
-Mode = Literal["encode", "cross-encoder", "bi-encoder", "late-interaction"]
+Mode = Literal["encode", "multi", "cross-encoder", "bi-encoder", "late-interaction"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,8 +60,16 @@ class ModelCall:
 
     @property
     def side_task(self) -> str | None:
-        """The pooling task a text is tokenized for (None for a cross-encoder pair)."""
+        """The pooling task a text is tokenized for (None for a cross-encoder pair). Several
+        tasks at once are tokenized as a token task: at most ``max_model_len``, never chunked."""
+        if self.mode == "multi":
+            return "token_embed"
         return self.pooling_task if self.mode == "encode" else self.engine.score_task
+
+    @property
+    def tasks(self) -> tuple[str, ...]:
+        """The pooling tasks of a multi-task call, in the request's order."""
+        return tuple(self.pooling_task.split(MULTI_TASK_SEPARATOR)) if self.pooling_task else ()
 
 
 def model_call(engine: Engine, plan: Plan) -> tuple[ModelCall, Truncation]:
@@ -76,6 +84,10 @@ def model_call(engine: Engine, plan: Plan) -> tuple[ModelCall, Truncation]:
         activation = options.get("use_activation") if mode == "cross-encoder" else None  # as Engine.score
         return ModelCall(engine, mode, None, HeadParams(None, activation)), truncation  # type: ignore[arg-type]
     task = plan.pooling_task or engine.default_task
+    if MULTI_TASK_SEPARATOR in task:
+        tasks, params = engine.check_multi(task.split(MULTI_TASK_SEPARATOR), dimensions=options.get("dimensions"),
+                                           use_activation=options.get("use_activation"))
+        return ModelCall(engine, "multi", MULTI_TASK_SEPARATOR.join(tasks), params), truncation
     params = engine.check_options(task, dimensions=options.get("dimensions"), use_activation=options.get("use_activation"))
     return ModelCall(engine, "encode", task, params), truncation
 
@@ -90,8 +102,8 @@ def tokenize_items(call: ModelCall, truncation: Truncation, items: Sequence[Item
         pairs = engine.tokenize_pairs_each([i.prompt for i in items], [i.pair for i in items], labels,  # type: ignore[misc]
                                            truncation=truncation)
         return [p if isinstance(p, EngineError) else ModelInput(p[0], type_ids=p[1]) for p in pairs]
-    if call.mode == "encode":
-        ids = engine.tokenize_each([i.prompt for i in items], labels, pooling_task=call.pooling_task, truncation=truncation)  # type: ignore[arg-type]
+    if call.mode in ("encode", "multi"):
+        ids = engine.tokenize_each([i.prompt for i in items], labels, pooling_task=call.side_task, truncation=truncation)  # type: ignore[arg-type]
         return [x if isinstance(x, EngineError) else ModelInput(x) for x in ids]
     n = len(items)
     sides = engine.tokenize_each([i.prompt for i in items] + [i.pair for i in items], list(labels) * 2,  # type: ignore[operator]
@@ -113,6 +125,15 @@ def _as_arrays(rows: list[torch.Tensor]) -> list[np.ndarray]:
     return [r.float().cpu().numpy() for r in rows]
 
 
+def _multi_data(out) -> dict[str, object]:
+    """One item's outputs of several tasks as float32 numpy per task, plus bge-m3's lexical
+    weights with token ids as strings (FlagEmbedding's and JSON's key type)."""
+    data: dict[str, object] = {task: value.float().cpu().numpy() for task, value in out.data.items()}
+    if out.lexical_weights is not None:
+        data["lexical_weights"] = {str(token): float(weight) for token, weight in out.lexical_weights.items()}
+    return data
+
+
 def run_call(call: ModelCall, inputs: Sequence[ModelInput]) -> list[ItemResult]:
     """Results of ``inputs`` (which ``tokenize_items`` made for ``call``), in order."""
     if not inputs:
@@ -121,6 +142,9 @@ def run_call(call: ModelCall, inputs: Sequence[ModelInput]) -> list[ItemResult]:
     if call.mode == "encode":
         rows = engine.compute(call.pooling_task, [x.ids for x in inputs], call.params)  # type: ignore[arg-type]
         return [ItemResult(data, x.num_tokens) for data, x in zip(_as_arrays(rows), inputs)]
+    if call.mode == "multi":
+        outs = engine.compute_many(call.tasks, [x.ids for x in inputs], call.params)
+        return [ItemResult(_multi_data(out), x.num_tokens) for out, x in zip(outs, inputs)]
     if call.mode == "cross-encoder":
         scores = engine.cross_encode_ids([x.ids for x in inputs], [x.type_ids for x in inputs], call.params)  # type: ignore[misc]
     else:

@@ -15,6 +15,8 @@ import numpy as np
 
 Scalar = str | int | bool | None
 EngineCall = Literal["encode", "score"]
+# Joins the tasks of one multi-task plan ("embed&token_embed&token_classify"), as vLLM names them.
+MULTI_TASK_SEPARATOR = "&"
 
 
 @dataclass(frozen=True)
@@ -48,7 +50,8 @@ class Plan:
     ``options`` holds every option that changes an item's output, as sorted ``(name, value)``
     pairs (unset ones as None), so that equal plans compare and hash equal. ``pooling_task`` is
     None for ``score`` and for ``task="pooling"`` without ``pooling_task`` (the worker resolves
-    that to ``engine.default_task``).
+    that to ``engine.default_task``), and several tasks joined by ``MULTI_TASK_SEPARATOR`` for a
+    request's ``pooling_tasks`` (all from one forward pass).
     """
 
     engine_call: EngineCall
@@ -70,9 +73,10 @@ class ItemResult:
 
     ``data`` is a float for score items, a float32 vector for embed/classify, a float32 matrix
     (one row per token) for token tasks — numpy arrays, so shaping and serializing a body never
-    walks floats in Python (plain lists are accepted too); ``num_tokens`` is how many tokens the
-    model saw (for usage).
+    walks floats in Python (plain lists are accepted too) — and, for a multi-task plan, a dict of
+    those per task (plus bge-m3's ``lexical_weights``, token id → weight); ``num_tokens`` is how
+    many tokens the model saw (for usage).
     """
 
-    data: float | np.ndarray | list[float] | list[list[float]]
+    data: float | np.ndarray | list[float] | list[list[float]] | dict[str, object]
     num_tokens: int

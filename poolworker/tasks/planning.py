@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from poolworker.protocol import ErrorInfo, InvalidRequest, PoolingRequest
 
-from .items import Item, Plan, Scalar
+from .items import MULTI_TASK_SEPARATOR, Item, Plan, Scalar
 from .rendering import Renderer
 
 # The pooling task behind each encode-style task; "pooling" takes its own from the request.
@@ -81,6 +81,8 @@ def plan(request: PoolingRequest, renderer: Renderer | None = None) -> Plan:
         items = tuple(Item(first, second) for first, second in pairs)
         return Plan("score", None, _options(request, _SCORE_OPTIONS), items)
     pooling_task = request.pooling_task if request.task == "pooling" else _ENCODE_TASKS[request.task]
+    if request.pooling_tasks is not None:  # several tasks, one forward: vLLM's "embed&token_classify" naming
+        pooling_task = MULTI_TASK_SEPARATOR.join(request.pooling_tasks)
     resolved: dict[str, Scalar] = {"add_special_tokens": request.special_tokens}
     if request.form == "cohere":
         if request.truncate == "NONE" and request.max_tokens is not None:
