@@ -25,16 +25,12 @@ from collections.abc import Callable
 
 from .engine.errors import EngineError
 from .metrics import Metrics
-from .protocol import ErrorInfo
+from .protocol import DEADLINE_HEADER, EXPIRED, ErrorInfo
 from .tasks import ItemResult, ModelCall, run_call
 from .work import Finished, Prepared, Source
 
 log = logging.getLogger(__name__)
 
-#: The record header holding a request's deadline: absolute Unix epoch milliseconds, ASCII digits.
-DEADLINE_HEADER = "deadline_ms"
-#: ``ErrorInfo.type`` of a request answered uncomputed because its deadline had passed.
-EXPIRED = "expired"
 
 
 def deadline_ms(source: Source) -> int | None:

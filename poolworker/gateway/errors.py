@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
 
+from ..protocol import EXPIRED
+
 # The worker's ``error.type`` → HTTP status. vLLM answers a bad field 400 with its ``param``, an
 # unknown model 404, and a task the model cannot do 404 (the route does not exist for it).
 # A type not listed is the server's fault until proven otherwise: 500.
@@ -22,7 +24,7 @@ STATUS_OF_POOL_ERROR: dict[str, HTTPStatus] = {
     "input_too_long": HTTPStatus.BAD_REQUEST,
     "unknown_model": HTTPStatus.NOT_FOUND,
     "unsupported_task": HTTPStatus.NOT_FOUND,
-    "expired": HTTPStatus.GATEWAY_TIMEOUT,
+    EXPIRED: HTTPStatus.GATEWAY_TIMEOUT,
 }
 
 # vLLM's ``error.type`` for the statuses it names itself; others get the status phrase, as

@@ -24,15 +24,12 @@ from http import HTTPStatus
 from typing import Any
 
 from ..client import PoolClient
+from ..protocol import DEADLINE_HEADER
 from .errors import GatewayError
 from .settings import GatewaySettings
 
 log = logging.getLogger(__name__)
 
-#: The record header the workers read the deadline from (``poolworker.batching.DEADLINE_HEADER``;
-#: spelled here too so the gateway never imports the worker's model stack, and a test holds the
-#: two equal).
-DEADLINE_HEADER = "deadline_ms"
 
 
 def open_client(settings: GatewaySettings, reply_topic: str) -> PoolClient:

@@ -8,14 +8,22 @@ implementation detail. docs/contract.md is the field-by-field contract.
 """
 
 from .decoding import DEFAULT_MAX_DEPTH, DEFAULT_MAX_REQUEST_BYTES, parse_request
-from .errors import ErrorInfo, InvalidRequest, UnparseableMessage
+from .errors import (
+    DEADLINE_HEADER,
+    EXPIRED,
+    ErrorInfo,
+    InvalidRequest,
+    UnparseableMessage,
+)
 from .request import DEFAULT_MAX_ITEMS, TASKS, PoolingRequest, PoolingTask, Task
 from .results import encode_message, result_message, status_of
 
 __all__ = [
+    "DEADLINE_HEADER",
     "DEFAULT_MAX_DEPTH",
     "DEFAULT_MAX_ITEMS",
     "DEFAULT_MAX_REQUEST_BYTES",
+    "EXPIRED",
     "TASKS",
     "ErrorInfo",
     "InvalidRequest",

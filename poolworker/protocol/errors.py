@@ -14,11 +14,19 @@ if TYPE_CHECKING:  # only for the hint: request.py does not need this module at 
     from .request import PoolingRequest
 
 
+#: The record header holding a request's deadline: absolute Unix epoch milliseconds, ASCII digits
+#: (set by the HTTP gateway; any producer may).
+DEADLINE_HEADER = "deadline_ms"
+#: ``ErrorInfo.type`` of a request answered uncomputed because its deadline had passed.
+EXPIRED = "expired"
+
+
 class ErrorInfo(BaseModel):
     """Why a request failed, as sent to the caller in ``error``.
 
     ``type`` is one of: ``invalid_request`` (the body is wrong), ``unsupported_task`` (no such
-    task, or the model cannot do it), ``unknown_model``, ``input_too_long``, ``internal_error``.
+    task, or the model cannot do it), ``unknown_model``, ``input_too_long``, ``internal_error``,
+    ``result_too_large``, ``expired`` (``EXPIRED``: its deadline passed before its forward pass).
     ``param`` names the offending field as a path (``input[3]``, ``metadata.tags[0]``) when one
     field is to blame, so a caller can fix it without reading the message.
     """
