@@ -150,3 +150,29 @@ def test_chunked_over_max_embed_len_raises(chunked_engine, minilm_tokenizer, lon
     assert n > 1024
     exc = assert_clean_error(lambda: chunked_engine.embed([joined]), "1024")
     assert isinstance(exc, ValueError)
+
+
+@pytest.mark.parametrize("which", ["minilm", "qwen2", "llama"])
+def test_the_direct_rust_tokenizer_path_equals_the_transformers_call(which, corpus, minilm_path, decoder_left_path, llama_path):
+    """Texts are tokenized by the Rust tokenizer directly (no per-text Python conversion); every
+    corpus text, with and without special tokens, untruncated and truncated on either side, gets
+    exactly the ids transformers' tokenizer call gives."""
+    from transformers import AutoTokenizer
+
+    from poolworker.engine.prompts import PromptTokenizer, Truncation
+
+    path = {"minilm": minilm_path, "qwen2": decoder_left_path, "llama": llama_path}[which]
+    tokenizer = AutoTokenizer.from_pretrained(str(path))
+    prompts = PromptTokenizer(tokenizer, vocab_size=len(tokenizer))
+    assert prompts._backend is not None, "the fast path must be the one under test"
+    texts = corpus[:1500]
+    for max_tokens, side in ((None, "right"), (24, "right"), (24, "left"), (3, "left")):
+        for special in (True, False):
+            trunc = Truncation(max_tokens, side, special_tokens=special)
+            got = prompts._call(texts, None, trunc)["input_ids"]
+            tokenizer.truncation_side = side
+            kwargs = {"truncation": max_tokens is not None, "add_special_tokens": special, "verbose": False}
+            if max_tokens is not None:
+                kwargs["max_length"] = max_tokens
+            expected = tokenizer(texts, **kwargs)["input_ids"]
+            assert [list(ids) for ids in got] == [list(ids) for ids in expected], (max_tokens, side, special)

@@ -131,9 +131,37 @@ class PromptTokenizer:
             previous = self.tokenizer.truncation_side
             self.tokenizer.truncation_side = trunc.side
             try:
+                if second is None and trunc.pad_to is None and self._backend is not None:
+                    return {"input_ids": self._backend_ids(first, trunc)}
                 return self.tokenizer(first, second, **kwargs)
             finally:
                 self.tokenizer.truncation_side = previous
+
+    @property
+    def _backend(self):
+        """The fast tokenizer's Rust ``tokenizers.Tokenizer``, when the wrapper is transformers'
+        fast tokenizer (None otherwise: the wrapper's own call is used)."""
+        backend = getattr(self.tokenizer, "_tokenizer", None)
+        ok = hasattr(backend, "encode_batch") and hasattr(self.tokenizer, "set_truncation_and_padding")
+        return backend if ok else None
+
+    def _backend_ids(self, texts: list[str], trunc: Truncation) -> list[list[int]]:
+        """What ``tokenizer(texts, truncation=..., max_length=...)["input_ids"]`` returns, from
+        the Rust tokenizer directly: the same configuration steps the wrapper takes, without
+        building a Python dict of every field per text (on short texts that conversion was
+        most of the receive thread's tokenization time). Called under ``self._lock``."""
+        from transformers.tokenization_utils_base import PaddingStrategy, TruncationStrategy
+
+        truncating = trunc.max_tokens is not None
+        self.tokenizer.set_truncation_and_padding(
+            padding_strategy=PaddingStrategy.DO_NOT_PAD,
+            truncation_strategy=TruncationStrategy.LONGEST_FIRST if truncating else TruncationStrategy.DO_NOT_TRUNCATE,
+            max_length=trunc.max_tokens, stride=0, pad_to_multiple_of=None, padding_side=None)
+        backend = self._backend
+        split = bool(getattr(self.tokenizer, "split_special_tokens", False))
+        if backend.encode_special_tokens != split:
+            backend.encode_special_tokens = split
+        return [e.ids for e in backend.encode_batch(texts, add_special_tokens=trunc.special_tokens)]
 
     def encode_each(self, prompts: Sequence[Prompt], trunc: Truncation, labels: Sequence[str]) -> list[list[int] | EngineError]:
         """Token ids for each prompt, truncated as requested, or the error that prompt alone
