@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-
 from refs import assert_clean_error, assert_close, embedding, mean_pool, minilm_embed
 
 MAX_LEN = 256

@@ -150,7 +150,10 @@ class PromptTokenizer:
         the Rust tokenizer directly: the same configuration steps the wrapper takes, without
         building a Python dict of every field per text (on short texts that conversion was
         most of the receive thread's tokenization time). Called under ``self._lock``."""
-        from transformers.tokenization_utils_base import PaddingStrategy, TruncationStrategy
+        from transformers.tokenization_utils_base import (
+            PaddingStrategy,
+            TruncationStrategy,
+        )
 
         truncating = trunc.max_tokens is not None
         self.tokenizer.set_truncation_and_padding(
