@@ -116,15 +116,18 @@ class Runner:
         self.extra_kwargs = {"use_cache": False} if "use_cache" in accepts else {}
 
     @torch.inference_mode()
-    def forward(self, ids: list[list[int]], token_type_ids: list[list[int]] | None = None, use_tqdm: bool = False) -> Packed:
-        """Hidden states of every token, in the caller's order (token tasks need them all)."""
+    def forward(self, ids: list[list[int]], token_type_ids: list[list[int]] | None = None, use_tqdm: bool = False,
+                attended: list[int | None] | None = None) -> Packed:
+        """Hidden states of every token, in the caller's order (token tasks need them all).
+        ``attended`` (per sequence, None = all) limits which leading tokens are attended to; the
+        others still get hidden states (PyLate's non-attended query expansion)."""
         device = self.model.device
         lengths = [len(x) for x in ids]
         cu = torch.zeros(len(ids) + 1, dtype=torch.long)
         cu[1:] = torch.tensor(lengths, dtype=torch.long).cumsum(0)
         flat_ids = torch.tensor([t for x in ids for t in x], dtype=torch.long, device=device)
         hidden: torch.Tensor | None = None
-        for batch, part in self.batches(ids, token_type_ids, use_tqdm):
+        for batch, part in self.batches(ids, token_type_ids, use_tqdm, attended):
             if hidden is None:
                 if len(batch) == len(ids) and batch == sorted(batch):
                     return Packed(hidden=part.hidden, cu_seqlens=cu.to(device), input_ids=flat_ids)
@@ -155,7 +158,7 @@ class Runner:
 
     @torch.inference_mode()
     def batches(self, ids: list[list[int]], token_type_ids: list[list[int]] | None = None,
-                use_tqdm: bool = False) -> Iterator[tuple[list[int], Packed]]:
+                use_tqdm: bool = False, attended: list[int | None] | None = None) -> Iterator[tuple[list[int], Packed]]:
         """Forward batches in the order they run: the caller's indices of the batch's sequences and
         their hidden states, packed in that order."""
         lengths = [len(x) for x in ids]
@@ -168,29 +171,33 @@ class Runner:
         bar = tqdm(total=len(ids), desc="pooling", unit="seq", disable=not use_tqdm or len(batches) < 4, leave=False)
         try:
             for batch in batches:
-                yield batch, run([ids[i] for i in batch], None if token_type_ids is None else [token_type_ids[i] for i in batch])
+                types = None if token_type_ids is None else [token_type_ids[i] for i in batch]
+                yield batch, run([ids[i] for i in batch], types, None if attended is None else [attended[i] for i in batch])
                 bar.update(len(batch))
         finally:  # also when the caller stops early
             bar.close()
 
     # -- packed path ----------------------------------------------------------------------------
-    def _forward_packed(self, ids: list[list[int]], types: list[list[int]] | None) -> Packed:
+    def _forward_packed(self, ids: list[list[int]], types: list[list[int]] | None, attended: list[int | None] | None = None) -> Packed:
         device = self.model.device
         flat = torch.tensor(list(itertools.chain.from_iterable(ids)), dtype=torch.long).to(device)
         use_types = types is not None and self.model.accepts_token_type_ids
         tt = torch.tensor([t for x in types for t in x], dtype=torch.long).to(device) if use_types else None  # type: ignore[union-attr]
-        layout = build_layout([len(x) for x in ids], device)
+        layout = build_layout([len(x) for x in ids], device, attended)
         return Packed(hidden=self.packed(flat, layout, tt), cu_seqlens=layout.cu_seqlens, input_ids=flat)
 
     # -- generic path ---------------------------------------------------------------------------
-    def _forward_batch(self, ids: list[list[int]], types: list[list[int]] | None) -> Packed:
+    def _forward_batch(self, ids: list[list[int]], types: list[list[int]] | None, attended: list[int | None] | None = None) -> Packed:
         width = max(len(x) for x in ids)
         device = self.model.device
         input_ids = torch.full((len(ids), width), self.pad_id, dtype=torch.long)
+        real = torch.zeros((len(ids), width), dtype=torch.bool)
         mask = torch.zeros((len(ids), width), dtype=torch.long)
         for r, x in enumerate(ids):  # right padding: real tokens keep positions 0..len-1
             input_ids[r, : len(x)] = torch.tensor(x, dtype=torch.long)
-            mask[r, : len(x)] = 1
+            real[r, : len(x)] = True
+            keys = len(x) if attended is None or attended[r] is None else attended[r]
+            mask[r, :keys] = 1
         kwargs = {"input_ids": input_ids.to(device), "attention_mask": mask.to(device), **self.extra_kwargs}
         if self.model.accepts_token_type_ids:
             tt = torch.zeros_like(input_ids)
@@ -200,8 +207,8 @@ class Runner:
             kwargs["token_type_ids"] = tt.to(device)
         out = self.model.backbone(**kwargs)
         hidden = out[0] if isinstance(out, tuple) else out.last_hidden_state
-        real = mask.to(device).bool()
         cu = torch.zeros(len(ids) + 1, dtype=torch.long)
-        cu[1:] = mask.sum(1).cumsum(0)
+        cu[1:] = real.sum(1).cumsum(0)
+        real = real.to(device)
         # Padding dropped: the real rows of each sequence, back to back.
         return Packed(hidden=hidden[real], cu_seqlens=cu.to(device), input_ids=input_ids.to(device)[real])

@@ -20,17 +20,19 @@ MATMUL_MAX_WIDTH = 64
 
 def packed_attention(qkv: torch.Tensor, n_q: int, n_kv: int, layout: Layout, causal: bool) -> torch.Tensor:
     """``qkv`` ``[T, n_q + 2*n_kv, d]`` (query heads, then key heads, then value heads) →
-    ``[T, n_q*d]``. Each token attends only within its own sequence, and only backwards when
+    ``[T, n_q*d]``. Each token attends only within its own sequence (to its attended keys:
+    ``build_layout``'s ``attended``, bidirectional models only), and only backwards when
     ``causal``; the scale is ``d**-0.5``."""
     total, _, dim = qkv.shape
     width_out = n_q * dim
     buckets = layout.buckets
     if len(buckets) == 1 and buckets[0].gather is None:
-        return _run(qkv, buckets[0].batch, buckets[0].width, n_q, n_kv, None, causal).reshape(total, width_out)
+        mask = None if causal else buckets[0].key_mask
+        return _run(qkv, buckets[0].batch, buckets[0].width, n_q, n_kv, mask, causal).reshape(total, width_out)
     out = qkv.new_empty(total, width_out)
     for b in buckets:
         if b.gather is None:
-            o = _run(qkv[b.start : b.end], b.batch, b.width, n_q, n_kv, None, causal)
+            o = _run(qkv[b.start : b.end], b.batch, b.width, n_q, n_kv, None if causal else b.key_mask, causal)
             out[b.start : b.end] = o.reshape(b.end - b.start, width_out)
             continue
         # Right-padded inside the bucket. With a causal mask real queries never see the padding

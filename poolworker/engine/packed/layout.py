@@ -25,7 +25,8 @@ SHORT_WIDTH = 64
 @dataclass
 class Bucket:
     """Sequences attended together. ``rows`` are their packed rows in bucket order; with
-    ``gather`` None they are one contiguous run of equal-length sequences (a plain view)."""
+    ``gather`` None they are one contiguous run of equal-length sequences (a plain view), whose
+    ``key_mask`` is None unless some of their keys are not attended."""
 
     batch: int
     width: int
@@ -47,11 +48,14 @@ class Layout:
     total: int
 
 
-def build_layout(lengths: list[int], device: torch.device) -> Layout:
-    """Layout of sequences with these lengths, back to back in the given order."""
+def build_layout(lengths: list[int], device: torch.device, attended: list[int | None] | None = None) -> Layout:
+    """Layout of sequences with these lengths, back to back in the given order. ``attended``
+    (per sequence, None = all) limits the keys to each sequence's first tokens: the rest still
+    get outputs but no token attends to them (PyLate's non-attended query expansion)."""
     if not lengths or min(lengths) < 1:
         raise ValueError("every sequence needs at least one token")
     n = len(lengths)
+    keys = lengths if attended is None else [k if k is not None else n_ for k, n_ in zip(attended, lengths)]
     lens = torch.tensor(lengths, dtype=torch.long)
     cu = torch.zeros(n + 1, dtype=torch.long)
     cu[1:] = lens.cumsum(0)
@@ -67,16 +71,20 @@ def build_layout(lengths: list[int], device: torch.device) -> Layout:
             groups[-1].append(i)
         else:
             groups.append([i])
-    buckets = [_bucket(g, lengths, lens, cu, device) for g in groups]
+    buckets = [_bucket(g, lengths, keys, lens, cu, device) for g in groups]
     return Layout(cu_seqlens=cu.to(device), positions=positions.to(device), buckets=buckets, total=total)
 
 
-def _bucket(members: list[int], lengths: list[int], lens: torch.Tensor, cu: torch.Tensor, device: torch.device) -> Bucket:
+def _bucket(members: list[int], lengths: list[int], keys: list[int], lens: torch.Tensor, cu: torch.Tensor,
+            device: torch.device) -> Bucket:
     width = lengths[members[0]]
     batch = len(members)
     contiguous = all(b == a + 1 for a, b in itertools.pairwise(members))
     if contiguous and all(lengths[i] == width for i in members):
-        return Bucket(batch, width, None, int(cu[members[0]]), int(cu[members[-1] + 1]), None, None, None)
+        mask = None
+        if any(keys[i] < width for i in members):
+            mask = (torch.arange(width)[None, :] < torch.tensor([keys[i] for i in members])[:, None]).view(batch, 1, 1, width).to(device)
+        return Bucket(batch, width, None, int(cu[members[0]]), int(cu[members[-1] + 1]), None, None, mask)
     # A fixed number of tensor ops per bucket, whatever its size (a per-member arange was
     # the model thread's largest Python cost on small models): token j of member b sits at
     # packed row cu[b] + j and at padded slot b * width + j.
@@ -89,5 +97,6 @@ def _bucket(members: list[int], lengths: list[int], lens: torch.Tensor, cu: torc
     keep = torch.repeat_interleave(torch.arange(batch) * width, blens, output_size=real) + within
     gather = torch.zeros(batch * width, dtype=torch.long)  # padded slots read row 0; they are masked
     gather[keep] = rows
-    key_mask = (torch.arange(width)[None, :] < blens[:, None]).view(batch, 1, 1, width)
+    bkeys = torch.tensor([keys[i] for i in members])
+    key_mask = (torch.arange(width)[None, :] < bkeys[:, None]).view(batch, 1, 1, width)
     return Bucket(batch, width, rows.to(device), 0, 0, gather.to(device), keep.to(device), key_mask.to(device))
