@@ -50,6 +50,7 @@ from .prompts import (
     raise_first,
     resolve_truncation,
 )
+from .pylate import DEFAULT_ROLE, Role
 from .resolve import DEFAULT_MODEL
 from .runner import Packed, Runner
 from .score_template import ScoreTemplate
@@ -59,6 +60,8 @@ _KIND_REASONS = {
     ModelKind.CLASSIFY: "a classification model (it has a classifier head)",
     ModelKind.SPLADE: "a masked-LM model served as a SPLADE sparse embedder",
 }
+# A request's ``input_type`` (Cohere's names) → the role of its texts on a PyLate checkpoint.
+INPUT_TYPE_ROLES: dict[str, Role] = {"search_query": "query", "search_document": "document"}
 
 
 def _is_int(x: object) -> bool:
@@ -124,6 +127,8 @@ class Engine:
     # -- model facts --------------------------------------------------------------------------
     def _supported_tasks(self) -> tuple[str, ...]:
         kind = self.model.kind
+        if self.model.pylate is not None:  # PyLate defines token vectors only (as vLLM's ColBERT models)
+            return ("token_embed",)
         if kind is ModelKind.EMBED:
             return ("embed", "token_embed", "token_classify") if self.model.bge_m3 is not None else ("embed", "token_embed")
         if kind is ModelKind.SPLADE:
@@ -193,6 +198,7 @@ class Engine:
             "head": m.head_description,
             "hf_overrides": self.hf_overrides or None,
             "score_template": self.score_template.name if self.score_template is not None else None,
+            "pylate": m.pylate.describe() if m.pylate is not None else None,
             "device": str(m.device),
             "dtype": str(m.dtype).removeprefix("torch."),
             "fingerprint": m.fingerprint,
@@ -223,6 +229,22 @@ class Engine:
             raise InvalidInput(f"dimensions={dimensions} is not one of the model's Matryoshka dimensions {allowed}", "dimensions")
         return dimensions
 
+    def resolve_role(self, input_type: object) -> Role | None:
+        """The role a request's ``input_type`` gives its texts: ``search_query`` / ``search_document``
+        on a PyLate checkpoint (None there: PyLate's default, a query). Other models have no
+        roles, so an ``input_type`` on their token/pooling requests is an error."""
+        if self.model.pylate is None:
+            if input_type is not None:
+                raise InvalidInput(f"input_type applies to models whose texts are queries or documents (PyLate "
+                                   f"ColBERT checkpoints); {self.model_name} has no such roles", "input_type")
+            return None
+        if input_type is None:
+            return DEFAULT_ROLE
+        if input_type not in INPUT_TYPE_ROLES:
+            raise InvalidInput(f"Unsupported input_type {input_type!r}. Supported values: {', '.join(INPUT_TYPE_ROLES)}",
+                               "input_type")
+        return INPUT_TYPE_ROLES[input_type]  # type: ignore[index]
+
     @staticmethod
     def _check_flag(value: object, name: str) -> None:
         if value is not None and not isinstance(value, bool):
@@ -252,12 +274,46 @@ class Engine:
         )
 
     def tokenize_each(self, prompts: Sequence[Prompt], labels: Sequence[str], *, pooling_task: str,
-                      truncation: Truncation) -> list[list[int] | EngineError]:
+                      truncation: Truncation, role: Role | None = None) -> list[list[int] | EngineError]:
         """Token ids of already well-formed prompts (text, or token id sequences), one outcome
         each: the ids ``compute`` takes, or that prompt's typed error named by its label. Texts
-        are tokenized in one call, however many requests they came from."""
+        are tokenized in one call, however many requests they came from. On a PyLate checkpoint
+        the texts are prepared for ``role`` (a query when None) as PyLate prepares them."""
+        if self.model.pylate is not None:
+            return self._tokenize_pylate(prompts, labels, truncation, role or DEFAULT_ROLE)
+        if role is not None:
+            raise InvalidInput(f"{self.model_name} has no query/document roles (not a PyLate checkpoint)", "input_type")
         encoded = self.tokenizer.encode_each(prompts, truncation, labels)
         return [self._checked_length(x, pooling_task, where) for x, where in zip(encoded, labels)]
+
+    def _tokenize_pylate(self, prompts: Sequence[Prompt], labels: Sequence[str], truncation: Truncation,
+                         role: Role) -> list[list[int] | EngineError]:
+        """PyLate's ``tokenize(texts, is_query=...)``: stripped text cut to the role's length
+        (minus the marker), the marker after the first token, queries padded with expansion
+        tokens. PyLate has no truncation or padding options and always adds special tokens, so
+        requests asking otherwise are refused rather than answered with other vectors."""
+        prep = self.model.pylate
+        assert prep is not None
+        if truncation.max_tokens not in (None, self.max_model_len) or truncation.refuse_above is not None:
+            raise InvalidInput(f"truncate_prompt_tokens: a PyLate checkpoint cuts queries at query_length={prep.query_length} "
+                               f"and documents at document_length={prep.document_length} tokens; only -1 is accepted",
+                               "truncate_prompt_tokens")
+        if truncation.side != self.tokenizer.default_side:
+            raise InvalidInput("truncation_side: a PyLate checkpoint truncates on its tokenizer's side", "truncation_side")
+        if truncation.pad_to is not None:
+            raise InvalidInput("padding: a PyLate checkpoint pads queries with its expansion tokens only", "padding")
+        if not truncation.special_tokens:
+            raise InvalidInput("add_special_tokens: a PyLate checkpoint always adds the model's special tokens", "add_special_tokens")
+        cut = Truncation(prep.text_tokens(role), self.tokenizer.default_side)
+        texts = [p if not isinstance(p, str) else prep.clean(p) for p in prompts]
+        encoded = self.tokenizer.encode_each(texts, cut, labels)
+        out: list[list[int] | EngineError] = []
+        for prompt, x, where in zip(prompts, encoded, labels):
+            if not isinstance(prompt, str):
+                x = InvalidInput(f"{where}: a PyLate checkpoint takes text (it inserts its {role} marker and pads queries); "
+                                 "token ids are not accepted", where)
+            out.append(x if isinstance(x, EngineError) else self._checked_length(prep.prepare(x, role), "token_embed", where))
+        return out
 
     def tokenize_pairs_each(self, firsts: Sequence[str], seconds: Sequence[str], labels: Sequence[str], *,
                             truncation: Truncation) -> list[tuple[list[int], list[int]] | EngineError]:
@@ -292,9 +348,10 @@ class Engine:
             out.append(x if isinstance(x, EngineError) else (x, [0] * len(x)))
         return out
 
-    def _tokenize(self, prompts: object, task: str, trunc: Truncation, field: str = "prompts") -> list[list[int]]:
+    def _tokenize(self, prompts: object, task: str, trunc: Truncation, field: str = "prompts", role: Role | None = None) -> list[list[int]]:
         listed = normalize_prompts(prompts, field)
-        ids = self.tokenize_each(listed, [f"{field}[{i}]" for i in range(len(listed))], pooling_task=task, truncation=trunc)
+        ids = self.tokenize_each(listed, [f"{field}[{i}]" for i in range(len(listed))], pooling_task=task, truncation=trunc,
+                                 role=role)
         raise_first(ids)
         return ids  # type: ignore[return-value]
 
@@ -305,11 +362,12 @@ class Engine:
         pooling_task: str,
         truncate_prompt_tokens: int | None = None,
         truncation_side: str | None = None,
+        role: Role | None = None,
     ) -> list[list[int]]:
         """Token ids exactly as ``encode`` would feed them, checked and truncated. Callers that
         tokenize ahead of the forward pass (the streaming worker) pass these back as prompts."""
         self._require(pooling_task)
-        return self._tokenize(prompts, pooling_task, self.truncation(truncate_prompt_tokens, truncation_side))
+        return self._tokenize(prompts, pooling_task, self.truncation(truncate_prompt_tokens, truncation_side), role=role)
 
     def check_options(self, pooling_task: str, *, dimensions: object = None, use_activation: object = None) -> HeadParams:
         """Validate per-request head options for ``pooling_task`` before any work is done."""
@@ -325,18 +383,39 @@ class Engine:
 
     # -- the core: ids → per-prompt tensors -------------------------------------------------------
     @torch.inference_mode()
-    def compute(self, task: str, ids: list[list[int]], params: HeadParams, use_tqdm: bool = False) -> list[torch.Tensor]:
+    def compute(self, task: str, ids: list[list[int]], params: HeadParams, use_tqdm: bool = False,
+                roles: Sequence[Role | None] | None = None) -> list[torch.Tensor]:
         """Pooled output per prompt for token ids from ``tokenize``/``tokenize_each`` and head
         options from ``check_options``: ``[dim]`` for sequence tasks, ``[tokens, dim]`` for
-        token tasks. Nothing is validated again here."""
+        token tasks. Nothing is validated again here. ``roles`` (per prompt; PyLate checkpoints)
+        are the roles the ids were tokenized for: they decide which tokens are attended to and
+        which vectors a document keeps."""
         if not ids:
             return []
+        if self.model.pylate is not None and task == "token_embed":
+            return self._pylate_outputs(ids, params, [r or DEFAULT_ROLE for r in roles] if roles is not None else [DEFAULT_ROLE] * len(ids),
+                                        use_tqdm)
         if task == "embed":
             return list(self.pooler.embed_head(self._pool_chunked(ids, use_tqdm), params))
         if task == "classify":
             return list(self.pooler.classify_head(self.runner.pool(ids, self.pooler.pool_sequences, use_tqdm=use_tqdm), params))
         packed = self.runner.forward(ids, use_tqdm=use_tqdm)
         return self._token_outputs(task, packed, params)
+
+    def _pylate_outputs(self, ids: list[list[int]], params: HeadParams, roles: list[Role], use_tqdm: bool) -> list[torch.Tensor]:
+        """PyLate's ``encode`` on prepared ids: one forward (non-attended expansion tokens as
+        keys left out), every token's vector, and a document's skiplist vectors dropped."""
+        prep = self.model.pylate
+        assert prep is not None
+        attended = [prep.attended(x, r) for x, r in zip(ids, roles)]
+        packed = self.runner.forward(ids, use_tqdm=use_tqdm, attended=attended if any(a is not None for a in attended) else None)
+        outs = self._token_outputs("token_embed", packed, params)
+        token_ids = kernels.split_segments(packed.input_ids, packed.cu_seqlens)
+        kept = []
+        for out, tokens, role in zip(outs, token_ids, roles):
+            keep = prep.keep(tokens, role)
+            kept.append(out if keep is None else out[keep])
+        return kept
 
     def _token_outputs(self, task: str, packed: Packed, params: HeadParams) -> list[torch.Tensor]:
         rows = self.pooler.pool_tokens(packed)
@@ -350,6 +429,9 @@ class Engine:
         tasks; ``dimensions`` applies to the embedding tasks among them."""
         if not isinstance(pooling_tasks, (list, tuple)) or not pooling_tasks:
             raise InvalidInputType("pooling_tasks must be a non-empty list of task names", "pooling_tasks")
+        if self.model.pylate is not None:
+            raise UnsupportedTask(f"{self.model_name} is a PyLate checkpoint: it answers token_embed alone, with a "
+                                  "role (input_type), not pooling_tasks", "pooling_tasks")
         if len(set(pooling_tasks)) != len(pooling_tasks):
             raise InvalidInput(f"pooling_tasks names a task twice: {list(pooling_tasks)}", "pooling_tasks")
         embed_tasks = [t for t in pooling_tasks if t in ("embed", "token_embed")]
@@ -420,13 +502,19 @@ class Engine:
         dimensions: int | None = None,
         use_activation: bool | None = None,
         use_tqdm: bool = True,
+        role: Role | None = None,
     ) -> list[RequestOutput[PoolingOutput]]:
         """Raw pooled tensors for any supported task (vLLM's ``LLM.encode``): ``[dim]`` for
-        sequence tasks, ``[num_tokens, dim]`` for token tasks (every prompt token)."""
+        sequence tasks, ``[num_tokens, dim]`` for token tasks (every prompt token). ``role``
+        (``"query"``/``"document"``, PyLate checkpoints only; a query when None, as PyLate's
+        ``encode(is_query=True)``) says how the texts are prepared and filtered."""
         task = pooling_task or self.default_task
         params = self.check_options(task, dimensions=dimensions, use_activation=use_activation)
-        ids = self.tokenize(prompts, pooling_task=task, truncate_prompt_tokens=truncate_prompt_tokens, truncation_side=truncation_side)
-        data = self.compute(task, ids, params, use_tqdm)
+        if role is not None and role not in ("query", "document"):
+            raise InvalidInput(f"role must be 'query' or 'document', got {role!r}", "role")
+        ids = self.tokenize(prompts, pooling_task=task, truncate_prompt_tokens=truncate_prompt_tokens, truncation_side=truncation_side,
+                            role=role)
+        data = self.compute(task, ids, params, use_tqdm, roles=[role] * len(ids) if role is not None else None)
         return [RequestOutput(str(i), PoolingOutput(d.cpu()), x) for i, (d, x) in enumerate(zip(data, ids))]
 
     def encode_multi(
@@ -519,12 +607,24 @@ class Engine:
             ids = [x for x, _ in pairs]  # type: ignore[misc]
             scores = self.cross_encode_ids(ids, [t for _, t in pairs], HeadParams(None, use_activation), use_tqdm)  # type: ignore[misc]
             return [RequestOutput(str(n), ScoringOutput(v), x) for n, (v, x) in enumerate(zip(scores, ids))]
-        uniq: dict[str | tuple[int, ...], int] = {}
-        for p in firsts + seconds:
-            uniq.setdefault(p if isinstance(p, str) else tuple(p), len(uniq))
-        ids = self._tokenize([k if isinstance(k, str) else list(k) for k in uniq], self.score_task, trunc, "text")  # type: ignore[arg-type]
-        pairs = [(uniq[a if isinstance(a, str) else tuple(a)], uniq[b if isinstance(b, str) else tuple(b)]) for a, b in zip(firsts, seconds)]
-        values = self.score_ids(ids, pairs, use_tqdm)
+        # Each distinct (role, prompt) is encoded once; roles exist on PyLate checkpoints only
+        # (text_1 is the query side, text_2 the documents).
+        first_role, second_role = ("query", "document") if self.model.pylate is not None else (None, None)
+        uniq: dict[tuple[Role | None, str | tuple[int, ...]], int] = {}
+        for role, side in ((first_role, firsts), (second_role, seconds)):
+            for p in side:
+                uniq.setdefault((role, p if isinstance(p, str) else tuple(p)), len(uniq))
+        ids: list[list[int]] = [[] for _ in uniq]
+        for role in dict.fromkeys((first_role, second_role)):
+            members = [(i, k) for (r, k), i in uniq.items() if r == role]
+            encoded = self._tokenize([k if isinstance(k, str) else list(k) for _, k in members], self.score_task, trunc, "text",  # type: ignore[arg-type]
+                                     role=role)
+            for (i, _), x in zip(members, encoded):
+                ids[i] = x
+        roles = [r for r, _ in uniq] if first_role is not None else None
+        pairs = [(uniq[(first_role, a if isinstance(a, str) else tuple(a))], uniq[(second_role, b if isinstance(b, str) else tuple(b))])
+                 for a, b in zip(firsts, seconds)]
+        values = self.score_ids(ids, pairs, use_tqdm, roles=roles)
         return [RequestOutput(str(n), ScoringOutput(v), ids[ia] + ids[ib]) for n, ((ia, ib), v) in enumerate(zip(pairs, values))]
 
     def check_score(self) -> str:
@@ -543,11 +643,13 @@ class Engine:
         reads the pair as one sequence)."""
         return {"late-interaction": "token_embed", "bi-encoder": "embed"}.get(self.score_mode or "")
 
-    def score_ids(self, ids: list[list[int]], pairs: Sequence[tuple[int, int]], use_tqdm: bool = False) -> list[float]:
+    def score_ids(self, ids: list[list[int]], pairs: Sequence[tuple[int, int]], use_tqdm: bool = False,
+                  roles: Sequence[Role | None] | None = None) -> list[float]:
         """Bi-encoder (cosine) or late-interaction (MaxSim) scores of ``pairs`` of indices into
-        ``ids``, which come from ``tokenize_each`` with ``pooling_task=score_task``; each distinct
-        sequence is encoded once."""
-        vectors = self.compute(self.score_task, ids, HeadParams(None, None), use_tqdm)  # type: ignore[arg-type]
+        ``ids``, which come from ``tokenize_each`` with ``pooling_task=score_task`` (and, on a
+        PyLate checkpoint, the role in ``roles``: queries first in each pair, documents second);
+        each distinct sequence is encoded once."""
+        vectors = self.compute(self.score_task, ids, HeadParams(None, None), use_tqdm, roles=roles)  # type: ignore[arg-type]
         if self.score_mode == "late-interaction":
             return self._late_interaction(vectors, list(pairs))
         return self._cosines(vectors, list(pairs))

@@ -56,7 +56,7 @@ from .overrides import (
     token_classifier_spec,
 )
 from .packed import FORWARD_ENV, build_packed, forced_generic, packed_support
-from .pylate import check_pylate
+from .pylate import PyLatePreparation, load_pylate
 from .resolve import resolve_model_path
 from .score_template import ScoreTemplate, resolve_score_template
 from .st_config import STModules, load_projector, read_st_modules
@@ -101,6 +101,8 @@ class LoadedModel:
     bge_m3: BgeM3Heads | None = None
     # How a cross-encoder renders a (query, document) pair into one prompt (score_template.py).
     score_template: ScoreTemplate | None = None
+    # PyLate's query/document input preparation and output filtering (pylate.py).
+    pylate: PyLatePreparation | None = None
 
     @property
     def num_labels(self) -> int:
@@ -265,7 +267,6 @@ def load_model(
     st = read_st_modules(path)
     tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
     limit = _max_model_len(config, st, tokenizer, max_model_len)
-    check_pylate(path, limit)
     template = resolve_score_template(score_template, config)
 
     heads: ClassifierHeads | None = None
@@ -326,6 +327,9 @@ def load_model(
         packed, forward_path = _packed_backbone(config, backbone)
         takes_types = "token_type_ids" in inspect.signature(backbone.forward).parameters
     accepts_tt = takes_types and getattr(config, "type_vocab_size", 0) > 0
+    vocab_size = int(backbone.get_input_embeddings().num_embeddings)
+    pylate = load_pylate(path, tokenizer, vocab_size=vocab_size, max_model_len=limit, causal=_is_decoder(config),
+                         has_dense=bool(st.dense_dirs))
     return LoadedModel(
         path=path,
         config=config,
@@ -339,7 +343,7 @@ def load_model(
         st=st,
         is_decoder=_is_decoder(config),
         max_model_len=limit,
-        vocab_size=int(backbone.get_input_embeddings().num_embeddings),
+        vocab_size=vocab_size,
         device=dev,
         dtype=torch_dtype,
         fingerprint=_fingerprint(path, config, torch_dtype, template),
@@ -350,6 +354,7 @@ def load_model(
         head_description=head_description,
         bge_m3=bge_m3,
         score_template=template,
+        pylate=pylate,
     )
 
 
