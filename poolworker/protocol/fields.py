@@ -36,6 +36,9 @@ _SCORE_PAIRS = frozenset({"text_1", "text_2", "queries", "documents", "items", "
 # PoolingCompletionRequest / PoolingChatRequest; vLLM's body field ``task`` is our ``pooling_task``
 # ``pooling_tasks`` is ours (several tasks from one forward pass, e.g. bge-m3's three outputs)
 _POOLING = _EMBED | _CLASSIFY | {"pooling_task", "pooling_tasks"}
+# ours on token_embed / pooling: Cohere's ``input_type`` names the role of the texts (query or
+# document) for models that have roles (PyLate ColBERT checkpoints)
+_ROLE = frozenset({"input_type"})
 
 # CohereEmbedRequest (a plain BaseModel: unknown fields ignored there too)
 _COHERE = frozenset({
@@ -46,10 +49,10 @@ _BY_TASK: dict[str, dict[Form, frozenset[str]]] = {
     "embed": {"completion": _COMMON | _COMPLETION | _EMBED, "chat": _COMMON | _CHAT | _EMBED, "cohere": _COHERE},
     "classify": {"completion": _COMMON | _COMPLETION | _CLASSIFY, "chat": _COMMON | _CHAT | _CLASSIFY},
     # TokenEmbeddingRequest: completion only, plus late chunking
-    "token_embed": {"completion": _COMMON | _COMPLETION | _EMBED | {"late_chunking_params"}},
+    "token_embed": {"completion": _COMMON | _COMPLETION | _EMBED | _ROLE | {"late_chunking_params"}},
     "token_classify": {"completion": _COMMON | _COMPLETION | _POOLING, "chat": _COMMON | _CHAT | _POOLING},
     "reward": {"completion": _COMMON | _COMPLETION | _POOLING, "chat": _COMMON | _CHAT | _POOLING},
-    "pooling": {"completion": _COMMON | _COMPLETION | _POOLING, "chat": _COMMON | _CHAT | _POOLING},
+    "pooling": {"completion": _COMMON | _COMPLETION | _POOLING | _ROLE, "chat": _COMMON | _CHAT | _POOLING},
     "score": {"completion": _SCORING | _SCORE_PAIRS},
     "rerank": {"completion": _SCORING | {"query", "documents", "top_n", "return_documents"}},
     # IOProcessorRequest: the plugin reads ``data`` and shapes the output itself, so the

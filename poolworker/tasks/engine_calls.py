@@ -22,6 +22,7 @@ import numpy as np
 from poolworker.engine.errors import EngineError
 from poolworker.engine.poolers import HeadParams
 from poolworker.engine.prompts import Truncation, raise_first
+from poolworker.engine.pylate import Role
 
 from .items import MULTI_TASK_SEPARATOR, Item, ItemResult, Plan
 
@@ -57,6 +58,9 @@ class ModelCall:
     mode: Mode
     pooling_task: str | None
     params: HeadParams
+    # The role of an encode call's texts on a model with roles (PyLate: query or document);
+    # a late-interaction score call has both, by side.
+    role: Role | None = None
 
     @property
     def side_task(self) -> str | None:
@@ -89,7 +93,7 @@ def model_call(engine: Engine, plan: Plan) -> tuple[ModelCall, Truncation]:
                                            use_activation=options.get("use_activation"))
         return ModelCall(engine, "multi", MULTI_TASK_SEPARATOR.join(tasks), params), truncation
     params = engine.check_options(task, dimensions=options.get("dimensions"), use_activation=options.get("use_activation"))
-    return ModelCall(engine, "encode", task, params), truncation
+    return ModelCall(engine, "encode", task, params, engine.resolve_role(options.get("input_type"))), truncation
 
 
 def tokenize_items(call: ModelCall, truncation: Truncation, items: Sequence[Item],
@@ -103,11 +107,16 @@ def tokenize_items(call: ModelCall, truncation: Truncation, items: Sequence[Item
                                            truncation=truncation)
         return [p if isinstance(p, EngineError) else ModelInput(p[0], type_ids=p[1]) for p in pairs]
     if call.mode in ("encode", "multi"):
-        ids = engine.tokenize_each([i.prompt for i in items], labels, pooling_task=call.side_task, truncation=truncation)  # type: ignore[arg-type]
+        ids = engine.tokenize_each([i.prompt for i in items], labels, pooling_task=call.side_task, truncation=truncation,  # type: ignore[arg-type]
+                                   role=call.role)
         return [x if isinstance(x, EngineError) else ModelInput(x) for x in ids]
     n = len(items)
-    sides = engine.tokenize_each([i.prompt for i in items] + [i.pair for i in items], list(labels) * 2,  # type: ignore[operator]
-                                 pooling_task=call.side_task, truncation=truncation)  # type: ignore[arg-type]
+    if engine.model.pylate is not None:  # late interaction with roles: the first text is the query, the second a document
+        sides = (engine.tokenize_each([i.prompt for i in items], labels, pooling_task=call.side_task, truncation=truncation, role="query")  # type: ignore[arg-type]
+                 + engine.tokenize_each([i.pair for i in items], labels, pooling_task=call.side_task, truncation=truncation, role="document"))  # type: ignore[arg-type, misc]
+    else:
+        sides = engine.tokenize_each([i.prompt for i in items] + [i.pair for i in items], list(labels) * 2,  # type: ignore[operator]
+                                     pooling_task=call.side_task, truncation=truncation)  # type: ignore[arg-type]
     out: list[ModelInput | EngineError] = []
     for first, second in zip(sides[:n], sides[n:]):
         bad = first if isinstance(first, EngineError) else second if isinstance(second, EngineError) else None
@@ -140,7 +149,8 @@ def run_call(call: ModelCall, inputs: Sequence[ModelInput]) -> list[ItemResult]:
         return []
     engine = call.engine
     if call.mode == "encode":
-        rows = engine.compute(call.pooling_task, [x.ids for x in inputs], call.params)  # type: ignore[arg-type]
+        roles = [call.role] * len(inputs) if call.role is not None else None
+        rows = engine.compute(call.pooling_task, [x.ids for x in inputs], call.params, roles=roles)  # type: ignore[arg-type]
         return [ItemResult(data, x.num_tokens) for data, x in zip(_as_arrays(rows), inputs)]
     if call.mode == "multi":
         outs = engine.compute_many(call.tasks, [x.ids for x in inputs], call.params)
@@ -148,10 +158,14 @@ def run_call(call: ModelCall, inputs: Sequence[ModelInput]) -> list[ItemResult]:
     if call.mode == "cross-encoder":
         scores = engine.cross_encode_ids([x.ids for x in inputs], [x.type_ids for x in inputs], call.params)  # type: ignore[misc]
     else:
-        unique: dict[tuple[int, ...], int] = {}
-        pairs = [(unique.setdefault(tuple(x.ids), len(unique)), unique.setdefault(tuple(x.pair_ids), len(unique)))  # type: ignore[arg-type]
+        # Distinct sequences are encoded once; with roles (PyLate) a query and a document are
+        # distinct even when their ids agree (a document's skiplist vectors are dropped).
+        first, second = ("query", "document") if engine.model.pylate is not None else (None, None)
+        unique: dict[tuple[str | None, tuple[int, ...]], int] = {}
+        pairs = [(unique.setdefault((first, tuple(x.ids)), len(unique)), unique.setdefault((second, tuple(x.pair_ids)), len(unique)))  # type: ignore[arg-type]
                  for x in inputs]
-        scores = engine.score_ids([list(k) for k in unique], pairs)
+        roles = [r for r, _ in unique] if first is not None else None
+        scores = engine.score_ids([list(k) for _, k in unique], pairs, roles=roles)  # type: ignore[arg-type]
     return [ItemResult(float(s), x.num_tokens) for s, x in zip(scores, inputs)]
 
 

@@ -84,6 +84,8 @@ def plan(request: PoolingRequest, renderer: Renderer | None = None) -> Plan:
     if request.pooling_tasks is not None:  # several tasks, one forward: vLLM's "embed&token_classify" naming
         pooling_task = MULTI_TASK_SEPARATOR.join(request.pooling_tasks)
     resolved: dict[str, Scalar] = {"add_special_tokens": request.special_tokens}
+    if request.form == "completion" and request.input_type is not None:  # the texts' role (PyLate checkpoints)
+        resolved["input_type"] = request.input_type
     if request.form == "cohere":
         if request.truncate == "NONE" and request.max_tokens is not None:
             resolved["refuse_above"] = request.max_tokens
