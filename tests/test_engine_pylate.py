@@ -1,105 +1,219 @@
-"""PyLate ColBERT checkpoints (issue 14, item 4): Transformer → PyLate ``Dense`` → normalize per
-token, scored with MaxSim, and refused at load when PyLate would prepare the inputs (markers,
-query expansion, skiplist, query/document truncation), which the engine does not do.
+"""PyLate ColBERT checkpoints (issue 14): served as ``pylate.models.ColBERT.encode`` encodes them.
 
-PyLate 1.6.0 (the release on PyPI) does not run with sentence-transformers 6.2: it reads none of
-its own config and ``encode`` fails (no ``_text_length``). The reference is therefore PyLate's
-published pipeline for a checkpoint configured to feed the text as given, computed here with
-transformers' ``BertModel`` on the same weights, each text alone: ``Dense`` (a bias-free Linear)
-on every token's hidden state, L2-normalized per token; ``colbert_scores`` = sum over query tokens
-of the max dot product with the document's tokens.
+The reference is **real PyLate** (1.6.0, with the sentence-transformers 5.3 / transformers 5.3 it
+needs, in a separate venv): ``tests/fixtures/pylate_reference.py`` built the checkpoints of
+``tests/pylate_models.py`` and recorded ``encode(QUERIES, is_query=True)`` and
+``encode(DOCUMENTS, is_query=False)`` (``pylate_reference.npz``) and the ids PyLate fed the model
+(``pylate_reference.json``). The tests rebuild the same checkpoints (the weights' fingerprint
+must match the recorded one) and compare: the ids exactly, every token vector within 1e-4 and
+cosine >= 0.99999, through ``Engine`` batched and one text at a time and through the worker's
+request path (parse → plan → tokenize → compute), both roles, on a packed (BERT) and a padded
+transformers (ModernBERT) backbone, and MaxSim scores of those vectors.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
-import builders
+import numpy as np
+import pylate_models as pm
 import pytest
 import torch
 import torch.nn.functional as F
-from fidelity_models import FAMILIES, build
-from refs import as_tensor, assert_clean_error
+from refs import assert_clean_error
 
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+REFERENCE = json.loads((FIXTURES / "pylate_reference.json").read_text(encoding="utf-8"))
+NAMES = sorted(REFERENCE["checkpoints"])
 ATOL = 1e-4
-DIM = 24
-AS_GIVEN = {"query_prefix": "", "document_prefix": "", "query_length": 256, "document_length": 256,
-            "do_query_expansion": False, "attend_to_expansion_tokens": False, "skiplist_words": []}
-QUERY = "what carries the requests?"
-DOCS = ["Kafka carries the requests, and workers answer.", "bread", "A much longer document about pooling models " * 3]
-
-
-def _pylate_folder(out: Path, pylate_config: dict | None) -> Path:
-    """A tiny BERT saved the way PyLate saves a ColBERT: Transformer + ``pylate.models.Dense``."""
-    from safetensors.torch import save_file
-
-    build(FAMILIES["bert"], "embed", out)
-    builders._write_json(out / "modules.json", [
-        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-        {"idx": 1, "name": "1", "path": "1_Dense", "type": "pylate.models.Dense.Dense"},
-    ])
-    builders._write_json(out / "1_Dense" / "config.json", {
-        "in_features": 64, "out_features": DIM, "bias": False,
-        "activation_function": "torch.nn.modules.linear.Identity", "use_residual": False,
-    })
-    weight = torch.randn(DIM, 64, generator=builders._gen(5)) * 0.2
-    save_file({"linear.weight": weight}, str(out / "1_Dense" / "model.safetensors"))
-    builders._write_json(out / "sentence_bert_config.json", {"max_seq_length": 256, "do_lower_case": False})
-    if pylate_config is not None:
-        builders._write_json(out / "config_sentence_transformers.json", {**pylate_config, "similarity_fn_name": "MaxSim"})
-    return out
+COSINE = 0.99999
+TEXTS = {"query": pm.QUERIES, "document": pm.DOCUMENTS}
 
 
 @pytest.fixture(scope="module")
-def pylate_path(tmp_path_factory) -> Path:
-    return _pylate_folder(tmp_path_factory.mktemp("pylate"), AS_GIVEN)
+def vectors() -> dict[str, np.ndarray]:
+    with np.load(FIXTURES / "pylate_reference.npz") as data:
+        return {k: data[k] for k in data.files}
 
 
 @pytest.fixture(scope="module")
-def token_vectors(pylate_path):
-    from safetensors.torch import load_file
-    from transformers import AutoTokenizer, BertModel
+def checkpoint(tmp_path_factory):
+    made: dict[str, Path] = {}
 
-    model = BertModel.from_pretrained(str(pylate_path)).eval()
-    tok = AutoTokenizer.from_pretrained(str(pylate_path))
-    weight = load_file(str(pylate_path / "1_Dense" / "model.safetensors"))["linear.weight"]
+    def get(name: str) -> Path:
+        if name not in made:
+            backbone, config = name.split("-", 1)
+            path = pm.build_checkpoint(tmp_path_factory.mktemp(name), backbone, pm.CONFIGS[config])
+            assert pm.weights_fingerprint(path) == REFERENCE["checkpoints"][name]["fingerprint"], \
+                "the checkpoint recipe changed: rerun tests/fixtures/pylate_reference.py"
+            made[name] = path
+        return made[name]
 
-    @torch.no_grad()
-    def run(text: str) -> torch.Tensor:
-        ids = torch.tensor([tok(text)["input_ids"]])
-        return F.normalize(model(input_ids=ids).last_hidden_state[0] @ weight.T, dim=-1)
-
-    return run
+    return get
 
 
-def _colbert_score(q: torch.Tensor, d: torch.Tensor) -> float:
+@pytest.fixture(scope="module")
+def engine(checkpoint):
+    from poolworker import Engine
+
+    made: dict = {}
+
+    def get(name: str):
+        if name not in made:
+            made[name] = Engine(str(checkpoint(name)), device="cpu")
+        return made[name]
+
+    return get
+
+
+def _expected(vectors, name: str, role: str) -> list[torch.Tensor]:
+    return [torch.from_numpy(vectors[f"{name}/{role}/{i}"]) for i in range(len(TEXTS[role]))]
+
+
+def _close(got, expected: torch.Tensor, what: str) -> None:
+    got = torch.as_tensor(np.asarray(got, dtype=np.float32))
+    assert got.shape == expected.shape, f"{what}: shape {tuple(got.shape)} != PyLate's {tuple(expected.shape)}"
+    diff = (got - expected).abs().max().item()
+    cos = F.cosine_similarity(got, expected, dim=-1).min().item()
+    assert diff <= ATOL and cos >= COSINE, f"{what}: max diff {diff:.2e}, min cosine {cos:.6f}"
+
+
+def _maxsim(q: torch.Tensor, d: torch.Tensor) -> float:
     return (q @ d.T).max(dim=1).values.sum().item()
 
 
-def test_token_embed_and_maxsim_match_pylate_pipeline(pylate_path, token_vectors, Engine):
-    engine = Engine(str(pylate_path), device="cpu")
-    assert engine.default_task == "token_embed" and engine.score_mode == "late-interaction"
-    texts = [QUERY, *DOCS]
-    batched = engine.encode(texts, pooling_task="token_embed", use_tqdm=False)
-    for text, out in zip(texts, batched):
-        expected = token_vectors(text)
-        alone = engine.encode([text], pooling_task="token_embed", use_tqdm=False)[0]
-        for what, got in (("batched", out), ("alone", alone)):
-            diff = (as_tensor(got.outputs.data) - expected).abs().max().item()
-            assert as_tensor(got.outputs.data).shape == expected.shape and diff <= ATOL, f"{what} {text[:15]!r}: {diff:.2e}"
-    expected = torch.tensor([_colbert_score(token_vectors(QUERY), token_vectors(d)) for d in DOCS])
-    got = torch.tensor([o.outputs.score for o in engine.score(QUERY, DOCS, use_tqdm=False)])
-    assert (got - expected).abs().max().item() <= ATOL
+@pytest.mark.parametrize("name", NAMES)
+def test_token_vectors_match_pylate(name, engine, vectors):
+    e = engine(name)
+    assert e.supported_tasks == ("token_embed",) and e.score_mode == "late-interaction"
+    for role, texts in TEXTS.items():
+        assert e.tokenize(texts, pooling_task="token_embed", role=role) == REFERENCE["checkpoints"][name][role]
+        expected = _expected(vectors, name, role)
+        batched = e.encode(texts, pooling_task="token_embed", role=role, use_tqdm=False)
+        for i, (text, out) in enumerate(zip(texts, batched)):
+            _close(out.outputs.data, expected[i], f"{name} {role} batched {text[:15]!r}")
+            alone = e.encode([text], pooling_task="token_embed", role=role, use_tqdm=False)[0]
+            _close(alone.outputs.data, expected[i], f"{name} {role} alone {text[:15]!r}")
 
 
-@pytest.mark.parametrize(("config", "needles"), [
-    (None, ["'[Q] '", "'[D] '", "expansion", "skiplist", "query_length=32"]),
-    ({}, ["marker"]),
-    ({**AS_GIVEN, "query_prefix": "[Q] "}, ["query marker '[Q] '"]),
-    ({**AS_GIVEN, "do_query_expansion": True}, ["expansion tokens"]),
-    ({**AS_GIVEN, "skiplist_words": [","]}, ["skiplist"]),
-    ({**AS_GIVEN, "document_length": 180}, ["truncates documents"]),
+@pytest.mark.parametrize("name", ["bert-defaults", "modernbert-defaults", "bert-attended"])
+def test_scores_are_maxsim_of_pylate_vectors(name, engine, vectors):
+    e = engine(name)
+    queries, docs = _expected(vectors, name, "query"), _expected(vectors, name, "document")
+    for qi, query in enumerate(pm.QUERIES[:2]):
+        expected = [_maxsim(queries[qi], d) for d in docs]
+        got = [o.outputs.score for o in e.score(query, pm.DOCUMENTS, use_tqdm=False)]
+        assert max(abs(a - b) for a, b in zip(got, expected)) <= ATOL * 10, (got, expected)
+        ranked = e.rerank(query, pm.DOCUMENTS, use_tqdm=False)
+        assert [r.index for r in ranked] == sorted(range(len(docs)), key=lambda j: -expected[j])
+
+
+def test_a_text_used_as_query_and_document_gets_both_roles(engine, vectors):
+    """The same text on both sides: the query keeps every vector, the document drops its
+    skiplist vectors (on ``plain`` the ids agree, so only the role tells them apart)."""
+    e = engine("bert-plain")
+    text = pm.DOCUMENTS[3]
+    query = e.encode([text], pooling_task="token_embed", role="query", use_tqdm=False)[0].outputs.data
+    doc = _expected(vectors, "bert-plain", "document")[3]
+    assert e.score(text, text, use_tqdm=False)[0].outputs.score == pytest.approx(_maxsim(query, doc), abs=ATOL)
+
+
+def test_attending_to_the_expansion_tokens_would_differ(engine, vectors):
+    """Negative control: with the expansion tokens attended (the forward of a model that does not
+    know them), PyLate's default queries come out measurably different, so the key mask is what
+    makes the vectors above match."""
+    e = engine("bert-defaults")
+    ids = e.tokenize(pm.QUERIES[:1], pooling_task="token_embed", role="query")
+    packed = e.runner.forward(ids)  # every token attended
+    wrong = e._token_outputs("token_embed", packed, e.check_options("token_embed"))[0]
+    expected = _expected(vectors, "bert-defaults", "query")[0]
+    assert wrong.shape == expected.shape and (wrong - expected).abs().max().item() > 1e-3
+
+
+@pytest.mark.parametrize("name", ["bert-defaults", "modernbert-defaults"])
+def test_worker_requests_carry_the_role(name, engine, vectors):
+    """token_embed with Cohere's ``input_type`` and a rerank request, through the worker's
+    protocol and task code (the receive side tokenizes with the role, the model side computes)."""
+    from poolworker.protocol import parse_request
+    from poolworker.tasks import assemble, model_call, plan, run_plan
+
+    e = engine(name)
+    for input_type, role in ((None, "query"), ("search_query", "query"), ("search_document", "document")):
+        body = {"request_id": "p", "task": "token_embed", "input": TEXTS[role]}
+        if input_type is not None:
+            body["input_type"] = input_type
+        request = parse_request(json.dumps(body).encode())
+        assert not request.ignored
+        work = plan(request)
+        assert model_call(e, work)[0].role == role
+        for i, result in enumerate(run_plan(e, work)):
+            _close(result.data, _expected(vectors, name, role)[i], f"worker {input_type} [{i}]")
+        assert result.num_tokens == len(REFERENCE["checkpoints"][name][role][-1])
+    rerank = parse_request(json.dumps({"request_id": "r", "task": "rerank", "query": pm.QUERIES[0],
+                                       "documents": pm.DOCUMENTS}).encode())
+    work = plan(rerank)
+    body = assemble(rerank, work, run_plan(e, work), model="m")
+    queries, docs = _expected(vectors, name, "query"), _expected(vectors, name, "document")
+    scores = {r["index"]: r["relevance_score"] for r in body["results"]}
+    assert all(abs(scores[j] - _maxsim(queries[0], d)) <= ATOL * 10 for j, d in enumerate(docs))
+
+
+def test_request_options_pylate_cannot_take(engine):
+    from poolworker.engine.errors import EngineError, InvalidInput, UnsupportedTask
+    from poolworker.protocol import parse_request
+    from poolworker.tasks import plan, run_plan
+
+    e = engine("bert-defaults")
+
+    def outcome(**fields) -> EngineError:
+        body = {"request_id": "x", "task": "token_embed", "input": ["a text"], **fields}
+        with pytest.raises(EngineError) as err:
+            run_plan(e, plan(parse_request(json.dumps(body).encode())))
+        return err.value
+
+    assert outcome(input_type="classification").param == "input_type"
+    for field, value in (("truncate_prompt_tokens", 8), ("truncation_side", "left"), ("padding", "max_length"),
+                         ("add_special_tokens", False)):
+        err = outcome(**{field: value})
+        assert isinstance(err, InvalidInput) and err.param == field, (field, err)
+    assert outcome(input=[[101, 2054, 102]]).param == "input[0]"  # token ids: PyLate takes text
+    with pytest.raises(UnsupportedTask):
+        e.encode(["a"], pooling_task="embed")
+    with pytest.raises(UnsupportedTask):
+        e.encode_multi(["a"], pooling_tasks=["token_embed"])
+    assert e.describe()["pylate"][0].startswith("a text without a role is a query")
+
+
+def test_input_type_on_a_model_without_roles(colbert_path):
+    from poolworker import Engine
+    from poolworker.engine.errors import InvalidInput
+    from poolworker.protocol import parse_request
+    from poolworker.tasks import plan, run_plan
+
+    request = parse_request(json.dumps({"request_id": "x", "task": "token_embed", "input": "a",
+                                        "input_type": "search_query"}).encode())
+    with pytest.raises(InvalidInput) as err:
+        run_plan(Engine(str(colbert_path), device="cpu"), plan(request))
+    assert err.value.param == "input_type"
+
+
+@pytest.mark.parametrize(("change", "needles"), [
+    ({"query_prefix": "[QUERY] "}, ["query_prefix '[QUERY] '", "not one token"]),
+    ({"default_prompt_name": "query", "prompts": {"query": "query: "}}, ["default_prompt_name"]),
+    ({"query_length": 300}, ["query_length=300", "max_model_len=256"]),
 ])
-def test_pylate_input_preparation_is_refused(config, needles, tmp_path, Engine):
-    path = _pylate_folder(tmp_path / "m", config)
+def test_configs_the_engine_cannot_reproduce_are_refused(change, needles, tmp_path):
+    from poolworker import Engine
+
+    path = pm.build_checkpoint(tmp_path / "m", "bert", change)
     assert_clean_error(lambda: Engine(str(path), device="cpu"), "PyLate", *needles)
+
+
+def test_a_checkpoint_without_dense_is_refused(tmp_path):
+    from poolworker import Engine
+
+    path = pm.build_checkpoint(tmp_path / "m", "bert", {"query_length": 32})  # PyLate's save writes every key
+    (path / "modules.json").write_text(json.dumps([{"idx": 0, "name": "0", "path": "",
+                                                    "type": "sentence_transformers.models.Transformer"}]))
+    assert_clean_error(lambda: Engine(str(path), device="cpu"), "PyLate", "no Dense module")
