@@ -46,6 +46,7 @@ from .tasks import plan as plan_request
 from .work import DeadLetter, Prepared, Source
 
 log = logging.getLogger(__name__)
+MODEL_CALL_MEMO = 1024
 
 
 def error_info(exc: EngineError) -> ErrorInfo:
@@ -129,6 +130,7 @@ class Preparer:
         self.metrics = metrics
         self.processors = dict(processors or {})  # model name → its IO processor plugin
         self._renderers: dict[str, Renderer] = {}  # per model name, made on its first request
+        self._calls: dict[tuple, tuple[ModelCall, Truncation]] = {}  # see _model_call
 
     def prepare(self, records: Sequence[tuple[Source, bytes | None]]) -> list[Prepared | DeadLetter]:
         """One outcome per record, in record order."""
@@ -193,7 +195,7 @@ class Preparer:
                     return
             else:
                 draft.plan = plan_request(request, self._renderer(name, engine))
-            draft.call, draft.truncation = model_call(engine, draft.plan)
+            draft.call, draft.truncation = self._model_call(name, engine, draft.plan)
             check_output(request, draft.call)
         except InvalidRequest as exc:
             draft.error = exc.error
@@ -208,6 +210,20 @@ class Preparer:
             scope = draft.call.pooling_task or f"score:{draft.call.mode}"
             fingerprint = engine.model.fingerprint
             draft.cache_keys = [cache_key(fingerprint, scope, draft.plan.options, item.key_payload()) for item in items]
+
+    def _model_call(self, name: str, engine: Engine, plan: Plan) -> tuple[ModelCall, Truncation]:
+        """``model_call``, once per model and option set: a stream's requests mostly share a
+        few option sets, and checking them against the model cost more than the rest of a
+        short request's parsing and routing. An error is not kept (it is raised again each
+        time); the memo is cleared when it holds ``MODEL_CALL_MEMO`` option sets, since the
+        options (dimensions, truncation lengths) are the callers' to vary."""
+        key = (name, plan.group_key())
+        found = self._calls.get(key)
+        if found is None:
+            if len(self._calls) >= MODEL_CALL_MEMO:
+                self._calls.clear()
+            found = self._calls[key] = model_call(engine, plan)
+        return found
 
     def _plan_plugin(self, draft: _Draft, name: str) -> None:
         """A ``plugin`` request: its model's plugin reads ``data`` and names the texts to pool.

@@ -53,6 +53,29 @@ def test_prepared_requests_carry_the_engines_own_token_ids(engines, minilm_engin
     assert a.cost_tokens == sum(len(x.ids) for _, x in a.inputs)
 
 
+def test_option_sets_are_checked_once_and_their_errors_every_time(engines, minilm_engine, monkeypatch):
+    """The preparer reuses a model call per option set across polls; a refused option set is
+    refused again each time (never remembered as accepted), and another set gets its own call."""
+    import poolworker.prepare as prepare_module
+
+    checked = []
+    real = prepare_module.model_call
+    monkeypatch.setattr(prepare_module, "model_call", lambda engine, plan: checked.append(plan.options) or real(engine, plan))
+    p = preparer(engines)
+    good = {"request_id": "g", "task": "embed", "input": TEXTS[0]}
+    bad = {"request_id": "b", "task": "embed", "input": TEXTS[0], "dimensions": 4096}  # past MiniLM's 384: refused
+    first = p.prepare(records(good, bad, good))
+    second = p.prepare(records(bad, good, {**good, "truncate_prompt_tokens": 4}))
+    assert [o.error is None for o in first + second] == [True, False, True, False, True, True]
+    assert first[1].error.type == second[0].error.type == "invalid_request"
+    assert first[1].error.param == second[0].error.param == "dimensions"
+    assert first[0].call is first[2].call is second[1].call  # one call object per option set
+    assert [x.ids for _, x in second[2].inputs] == minilm_engine.tokenize([TEXTS[0]], pooling_task="embed", truncate_prompt_tokens=4)
+    good_options = first[0].plan.options
+    assert checked.count(good_options) == 1  # checked once for three requests in two polls
+    assert len([o for o in checked if ("dimensions", 4096) in o]) == 2  # the refused set, each time
+
+
 def test_one_outcome_per_record_in_order_with_typed_errors(engines):
     out = preparer(engines).prepare(records(
         b"{not json",
