@@ -167,3 +167,15 @@ def test_pipeline_contenders_against_a_real_broker(broker, tmp_path, minilm_path
     assert worker["distinct_request_ids"] == len(texts) and worker["errors"] == 0 and worker["exit_code"] == 0
     assert worker["latency"]["n"] == len(probe) and 0 < worker["latency"]["p50_ms"] <= worker["latency"]["p99_ms"]
     assert worker["assignments"] == {"worker": 1} and worker["inference_seconds"] > 0
+
+
+def test_gil_contention_bench_times_the_model_stage_three_ways(tmp_path):
+    """bench/gil_contention.py runs the worker's own model stage on real prepared requests (it
+    refuses to time refused ones) and reports each of its three conditions per text."""
+    from bench.gil_contention import main
+
+    result = main(["--texts", "120", "--batch", "40", "--out", str(tmp_path)])
+    assert len(result) == 3 and "alone" in result
+    for row in result.values():
+        assert row["wall_us_per_text"] > 0 and row["cpu_us_per_text"] > 0
+    assert json.loads((tmp_path / "gil_contention.json").read_text()) == result
