@@ -66,6 +66,7 @@ class _Draft:
     error: ErrorInfo | None = None
     model: str | None = None
     engine: Engine | None = None
+    labels: Mapping[int, str] | None = None  # the model config's id2label
     plan: Plan | None = None
     call: ModelCall | None = None
     truncation: Truncation | None = None
@@ -95,7 +96,7 @@ class _Draft:
             error=self.error,
             request=request if ok else None,
             plan=self.plan if ok else None,
-            labels=getattr(self.engine.model.config, "id2label", None) if ok and self.engine is not None else None,
+            labels=self.labels if ok else None,
             call=self.call if ok else None,
             cache_keys=tuple(self.cache_keys) if ok else (),
             cached=tuple(self.cached) if ok else (),
@@ -131,6 +132,8 @@ class Preparer:
         self.processors = dict(processors or {})  # model name → its IO processor plugin
         self._renderers: dict[str, Renderer] = {}  # per model name, made on its first request
         self._calls: dict[tuple, tuple[ModelCall, Truncation]] = {}  # see _model_call
+        # Each model's label names, read once (a transformers config attribute read is slow)
+        self._labels = {name: getattr(engine.model.config, "id2label", None) for name, engine in self.engines.items()}
 
     def prepare(self, records: Sequence[tuple[Source, bytes | None]]) -> list[Prepared | DeadLetter]:
         """One outcome per record, in record order."""
@@ -187,7 +190,7 @@ class Preparer:
         if engine is None:
             draft.fail("unknown_model", f"model {name!r} is not served here; served: {sorted(self.engines)}", "model")
             return
-        draft.model, draft.engine = name, engine
+        draft.model, draft.engine, draft.labels = name, engine, self._labels[name]
         try:
             if request.task == "plugin":
                 self._plan_plugin(draft, name)
