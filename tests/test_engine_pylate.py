@@ -201,7 +201,7 @@ def test_input_type_on_a_model_without_roles(colbert_path):
 @pytest.mark.parametrize(("change", "needles"), [
     ({"query_prefix": "[QUERY] "}, ["query_prefix '[QUERY] '", "not one token"]),
     ({"default_prompt_name": "query", "prompts": {"query": "query: "}}, ["default_prompt_name"]),
-    ({"query_length": 300}, ["query_length=300", "max_model_len=256"]),
+    ({"query_length": 600}, ["query_length=600", "max_model_len=512"]),
 ])
 def test_configs_the_engine_cannot_reproduce_are_refused(change, needles, tmp_path):
     from poolworker import Engine
@@ -217,3 +217,36 @@ def test_a_checkpoint_without_dense_is_refused(tmp_path):
     (path / "modules.json").write_text(json.dumps([{"idx": 0, "name": "0", "path": "",
                                                     "type": "sentence_transformers.models.Transformer"}]))
     assert_clean_error(lambda: Engine(str(path), device="cpu"), "PyLate", "no Dense module")
+
+
+def test_documents_are_cut_at_document_length_not_at_the_saved_max_seq_length(checkpoint, engine, tmp_path):
+    """PyLate sets the Transformer's max_seq_length to the role's length before every tokenize, so
+    the saved ``sentence_bert_config.json`` value (``ColBERT.save`` leaves the last role's length
+    minus one: 299 on GTE-ModernColBERT-v1 for document_length 300) bounds nothing. A document
+    past it is served as on the same weights saved with a larger value, not refused."""
+    import shutil
+
+    from poolworker import Engine
+
+    path = tmp_path / "m"
+    shutil.copytree(checkpoint("bert-defaults"), path)
+    (path / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 60, "do_lower_case": False}))
+    short = Engine(str(path), device="cpu")
+    text = "word " * 150  # 153 tokens with the marker: under document_length=180, over 60
+    got = short.encode([text], pooling_task="token_embed", role="document", use_tqdm=False)[0].outputs.data
+    expected = engine("bert-defaults").encode([text], pooling_task="token_embed", role="document", use_tqdm=False)[0].outputs.data
+    assert got.shape == expected.shape == (153, pm.DIM)
+    assert torch.allclose(got, expected, atol=ATOL)
+
+
+@pytest.mark.parametrize("change", [{}, {"attend_to_expansion_tokens": True}, {"do_query_expansion": False}])
+def test_a_tokenizer_padding_on_the_left_is_refused(change, tmp_path):
+    """PyLate pads on the tokenizer's side and then inserts the marker after the first token: on
+    the left, a query's expansion tokens (and a shorter document's batch padding) come before
+    its text and the marker lands after the first padding token, which the engine does not do."""
+    from poolworker import Engine
+
+    path = pm.build_checkpoint(tmp_path / "m", "bert", change)
+    config = json.loads((path / "tokenizer_config.json").read_text())
+    (path / "tokenizer_config.json").write_text(json.dumps({**config, "padding_side": "left"}))
+    assert_clean_error(lambda: Engine(str(path), device="cpu"), "PyLate", "pads on the left")

@@ -56,7 +56,7 @@ from .overrides import (
     token_classifier_spec,
 )
 from .packed import FORWARD_ENV, build_packed, forced_generic, packed_support
-from .pylate import PyLatePreparation, load_pylate
+from .pylate import PyLatePreparation, is_pylate, load_pylate
 from .resolve import resolve_model_path
 from .score_template import ScoreTemplate, resolve_score_template
 from .st_config import STModules, load_projector, read_st_modules
@@ -145,17 +145,21 @@ def _is_decoder(config: PretrainedConfig) -> bool:
     return model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES
 
 
-def _max_model_len(config: PretrainedConfig, st: STModules, tokenizer, requested: int | None) -> int:
+def _max_model_len(config: PretrainedConfig, st: STModules, tokenizer, requested: int | None, pylate: bool = False) -> int:
+    """The longest input: the position embeddings, the saved ``max_seq_length`` and the tokenizer's
+    ``model_max_length``, or ``requested``. A PyLate checkpoint is bounded by its positions alone:
+    PyLate resets ``max_seq_length`` to the role's length before every tokenization and passes
+    that length to the tokenizer, so neither saved value cuts its inputs."""
     limits = []
     positions = getattr(config, "max_position_embeddings", None)
     if positions:
         if getattr(config, "model_type", "") in _OFFSET_POSITION_MODELS:
             positions -= 2
         limits.append(int(positions))
-    if st.max_seq_length:
+    if st.max_seq_length and not pylate:
         limits.append(int(st.max_seq_length))
     tok_max = getattr(tokenizer, "model_max_length", None)
-    if isinstance(tok_max, int) and 0 < tok_max < 1_000_000:
+    if isinstance(tok_max, int) and 0 < tok_max < 1_000_000 and not pylate:
         limits.append(tok_max)
     limit = min(limits) if limits else 512
     if requested is None:
@@ -266,7 +270,7 @@ def load_model(
     use_safetensors = require_loadable(path, allow_pickle=allow_pickle)
     st = read_st_modules(path)
     tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
-    limit = _max_model_len(config, st, tokenizer, max_model_len)
+    limit = _max_model_len(config, st, tokenizer, max_model_len, pylate=is_pylate(path))
     template = resolve_score_template(score_template, config)
 
     heads: ClassifierHeads | None = None

@@ -24,9 +24,11 @@ the ids and the role. Non-attended expansion tokens are found from the ids alone
 run of expansion ids after the tokenizer's closing special token, which a text cannot produce
 (checked at load). What the engine cannot reproduce is refused at load, naming it: a marker that
 is not one token of the vocabulary (PyLate would add it with a freshly initialized embedding),
-no Dense module (PyLate would add a random one), a ``default_prompt_name``, non-attended expansion
-on a causal model or a tokenizer without a closing special token or padding on the left, and
-expansion to more than ``max_model_len`` tokens. Missing keys take PyLate's defaults.
+no Dense module (PyLate would add a random one), a ``default_prompt_name``, a tokenizer padding on
+the left (PyLate's marker would land after a padding token), non-attended expansion on a causal
+model or a tokenizer without a closing special token, and expansion to more than
+``max_model_len`` tokens (the position embeddings: PyLate ignores the saved ``max_seq_length``).
+Missing keys take PyLate's defaults.
 """
 
 from __future__ import annotations
@@ -169,8 +171,6 @@ def _check_unattended_expansion(tokenizer, expansion_id: int, causal: bool) -> N
     if causal:
         raise ValueError("it expands queries with tokens the other tokens do not attend to, on a causal model; "
                          "only bidirectional encoders are proven for that")
-    if getattr(tokenizer, "padding_side", "right") != "right":
-        raise ValueError("it expands queries on a tokenizer that pads on the left")
     closing = tokenizer("a", add_special_tokens=True)["input_ids"][-1]
     if closing == expansion_id or closing not in set(tokenizer.all_special_ids):
         raise ValueError("it expands queries with tokens the other tokens do not attend to, and its tokenizer does not "
@@ -208,6 +208,9 @@ def _load(folder: Path, tokenizer, vocab_size: int, max_model_len: int, causal: 
     expansion = bool(config["do_query_expansion"])
     attend = expansion and bool(config["attend_to_expansion_tokens"])  # PyLate: no expansion, nothing to attend
     expansion_id = _expansion_id(tokenizer)
+    if getattr(tokenizer, "padding_side", "right") != "right":
+        raise ValueError("its tokenizer pads on the left: PyLate would put a query's expansion tokens (and a shorter "
+                         "document's batch padding) before the text and insert the marker after the first padding token")
     if expansion and lengths["query"] > max_model_len:
         raise ValueError(f"it pads every query to query_length={lengths['query']} tokens, more than max_model_len={max_model_len}")
     if expansion and not attend:
