@@ -58,7 +58,8 @@ def build_layout(lengths: list[int], device: torch.device, attended: list[int | 
     if not lengths or min(lengths) < 1:
         raise ValueError("every sequence needs at least one token")
     n = len(lengths)
-    keys = lengths if attended is None else [k if k is not None else n_ for k, n_ in zip(attended, lengths)]
+    # None when every key is attended (no ``attended``): other models build their buckets as before.
+    keys = None if attended is None else [k if k is not None else n_ for k, n_ in zip(attended, lengths)]
     lens = torch.tensor(lengths, dtype=torch.long)
     cu = torch.zeros(n + 1, dtype=torch.long)
     cu[1:] = lens.cumsum(0)
@@ -78,14 +79,14 @@ def build_layout(lengths: list[int], device: torch.device, attended: list[int | 
     return Layout(cu_seqlens=cu.to(device), positions=positions.to(device), buckets=buckets, total=total)
 
 
-def _bucket(members: list[int], lengths: list[int], keys: list[int], lens: torch.Tensor, cu: torch.Tensor,
+def _bucket(members: list[int], lengths: list[int], keys: list[int] | None, lens: torch.Tensor, cu: torch.Tensor,
             device: torch.device) -> Bucket:
     width = lengths[members[0]]
     batch = len(members)
     contiguous = all(b == a + 1 for a, b in itertools.pairwise(members))
     if contiguous and all(lengths[i] == width for i in members):
         mask = None
-        if any(keys[i] < width for i in members):
+        if keys is not None and any(keys[i] < width for i in members):
             mask = (torch.arange(width)[None, :] < torch.tensor([keys[i] for i in members])[:, None]).view(batch, 1, 1, width).to(device)
         return Bucket(batch, width, None, int(cu[members[0]]), int(cu[members[-1] + 1]), None, None, mask)
     # A fixed number of tensor ops per bucket, whatever its size (a per-member arange was
@@ -100,6 +101,6 @@ def _bucket(members: list[int], lengths: list[int], keys: list[int], lens: torch
     keep = torch.repeat_interleave(torch.arange(batch) * width, blens, output_size=real) + within
     gather = torch.zeros(batch * width, dtype=torch.long)  # padded slots read row 0; they are masked
     gather[keep] = rows
-    bkeys = torch.tensor([keys[i] for i in members])
+    bkeys = blens if keys is None else torch.tensor([keys[i] for i in members])
     key_mask = (torch.arange(width)[None, :] < bkeys[:, None]).view(batch, 1, 1, width)
     return Bucket(batch, width, rows.to(device), 0, 0, gather.to(device), keep.to(device), key_mask.to(device))
