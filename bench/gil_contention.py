@@ -10,7 +10,7 @@ run:
 - while one other thread runs a pure-Python loop (the worst case of a busy receive thread);
 - the same, with the interpreter's switch interval cut from 5 ms to ``--switch-interval``;
 - the same engine calls run by a child process that loaded its own copy of the model, fed the
-  token ids through a pipe (``multiprocessing``) while the busy thread keeps running here: a
+  token ids through a pipe (``multiprocessing``), alone and while the busy thread runs here: a
   sketch of the model-process layout bench/RESULTS.md proposes, timed from this side (sending
   ids, waiting, receiving the float32 results).
 
@@ -135,6 +135,7 @@ def main(argv: list[str] | None = None) -> dict:
     for theirs, ours in zip(here.recv(), run_call(batches[0][0].call, inputs)):
         if not np.array_equal(theirs.data, ours.data):
             raise SystemExit("the model process computed other vectors than this process")
+    rows["in a model process fed through a pipe, alone"] = _timed(remote_stage)
     other = threading.Thread(target=busy_python, daemon=True)
     other.start()
     default_interval = sys.getswitchinterval()

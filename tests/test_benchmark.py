@@ -169,14 +169,14 @@ def test_pipeline_contenders_against_a_real_broker(broker, tmp_path, minilm_path
     assert worker["assignments"] == {"worker": 1} and worker["inference_seconds"] > 0
 
 
-def test_gil_contention_bench_times_the_model_stage_four_ways(tmp_path):
+def test_gil_contention_bench_times_the_model_stage_five_ways(tmp_path):
     """bench/gil_contention.py runs the worker's own model stage on real prepared requests (it
     refuses to time refused ones, and a model process that answers the wrong number of items)
-    and reports each of its four conditions per text."""
+    and reports each of its five conditions per text."""
     from bench.gil_contention import main
 
     result = main(["--texts", "120", "--batch", "40", "--out", str(tmp_path)])
-    assert len(result) == 4 and "alone" in result
+    assert len(result) == 5 and "alone" in result
     for row in result.values():
         assert row["wall_us_per_text"] > 0 and row["cpu_us_per_text"] > 0
     assert json.loads((tmp_path / "gil_contention.json").read_text()) == result
