@@ -26,6 +26,7 @@ from .topics import ensure_topics
 from .transport import Headers, OnRevoked, Record, RecordTooLarge, Reply
 
 log = logging.getLogger(__name__)
+UNREACHABLE_WARN_INTERVAL_S = 5.0
 
 
 def as_commit(offsets: dict[TopicPartition, int]) -> dict[TopicPartition, OffsetAndMetadata]:
@@ -68,6 +69,7 @@ class KafkaPythonTransport:
         self.consumer: KafkaConsumer | None = None
         self.producer: KafkaProducer | None = None
         self._paused = False
+        self._last_poll_warning = float("-inf")
 
     def start(self) -> None:
         s = self.settings
@@ -79,8 +81,20 @@ class KafkaPythonTransport:
 
     # -- receiving -------------------------------------------------------------------------------
     def poll(self, timeout_s: float, max_records: int) -> list[Record]:
+        """The records the consumer has for us. A retriable client error (the broker restarting:
+        kafka-python 3 can raise the coordinator lookup's ``KafkaConnectionError`` out of
+        ``poll``) is waited out here, ``timeout_s`` at a time, instead of stopping the worker:
+        nothing was handed out, the records stay where they were, and the next poll reconnects.
+        A non-retriable error (authorization, a fatal group error) still propagates."""
         self._keep_paused()
-        polled = self.consumer.poll(timeout_ms=int(timeout_s * 1000), max_records=max_records)
+        try:
+            polled = self.consumer.poll(timeout_ms=int(timeout_s * 1000), max_records=max_records)
+        except KafkaError as exc:
+            if not getattr(exc, "retriable", False):
+                raise
+            self._warn_unreachable(exc)
+            time.sleep(timeout_s)
+            return []
         records = []
         for tp, batch in polled.items():
             for rec in batch:
@@ -88,6 +102,13 @@ class KafkaPythonTransport:
                 headers = tuple((k, v if v is not None else b"") for k, v in (rec.headers or ()))
                 records.append(Record(Source(rec.topic, rec.partition, rec.offset, rec.key, rec.timestamp, headers), rec.value))
         return records
+
+    def _warn_unreachable(self, exc: KafkaError) -> None:
+        """One warning per ``UNREACHABLE_WARN_INTERVAL_S`` while polls keep failing."""
+        now = time.monotonic()
+        if now - self._last_poll_warning >= UNREACHABLE_WARN_INTERVAL_S:
+            self._last_poll_warning = now
+            log.warning("polling failed (%s: %s); retrying until the broker answers", type(exc).__name__, exc)
 
     def finish(self, source: Source) -> None:
         self.tracker.done(TopicPartition(source.topic, source.partition), source.offset)
