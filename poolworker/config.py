@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 import tomllib
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -224,7 +225,7 @@ def parse_model_specs(specs: list[str]) -> dict[str, str]:
     return out
 
 
-def parse_model_options(specs: list[str], models: dict[str, str], flag: str) -> dict[str, str]:
+def parse_model_options(specs: list[str], models: Collection[str], flag: str) -> dict[str, str]:
     """``MODEL=VALUE`` flags → {model: value}, each model one of ``--model``'s names, once."""
     out: dict[str, str] = {}
     for spec in specs:

@@ -41,7 +41,7 @@ def load_processors(settings: WorkerSettings, engines: Mapping[str, Engine]) -> 
     from .plugins.offline import context_for
     from .plugins.registry import load_processor
 
-    specs = parse_model_options(settings.io_processors, dict.fromkeys(engines, ""), "--io-processor")
+    specs = parse_model_options(settings.io_processors, engines, "--io-processor")
     return {model: load_processor(plugin, context_for(engines[model], model)) for model, plugin in specs.items()}
 
 

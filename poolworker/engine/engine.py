@@ -50,7 +50,7 @@ from .prompts import (
     raise_first,
     resolve_truncation,
 )
-from .pylate import DEFAULT_ROLE, Role
+from .pylate import DEFAULT_ROLE, ROLES, Role
 from .resolve import DEFAULT_MODEL
 from .runner import Packed, Runner
 from .score_template import ScoreTemplate
@@ -510,7 +510,7 @@ class Engine:
         ``encode(is_query=True)``) says how the texts are prepared and filtered."""
         task = pooling_task or self.default_task
         params = self.check_options(task, dimensions=dimensions, use_activation=use_activation)
-        if role is not None and role not in ("query", "document"):
+        if role is not None and role not in ROLES:
             raise InvalidInput(f"role must be 'query' or 'document', got {role!r}", "role")
         ids = self.tokenize(prompts, pooling_task=task, truncate_prompt_tokens=truncate_prompt_tokens, truncation_side=truncation_side,
                             role=role)
@@ -609,7 +609,7 @@ class Engine:
             return [RequestOutput(str(n), ScoringOutput(v), x) for n, (v, x) in enumerate(zip(scores, ids))]
         # Each distinct (role, prompt) is encoded once; roles exist on PyLate checkpoints only
         # (text_1 is the query side, text_2 the documents).
-        first_role, second_role = ("query", "document") if self.model.pylate is not None else (None, None)
+        first_role, second_role = self.score_roles
         uniq: dict[tuple[Role | None, str | tuple[int, ...]], int] = {}
         for role, side in ((first_role, firsts), (second_role, seconds)):
             for p in side:
@@ -636,6 +636,12 @@ class Engine:
                 f"this one has {self.model.num_labels}) or an embedding model; supported tasks: {list(self.supported_tasks)}"
             )
         return mode
+
+    @property
+    def score_roles(self) -> tuple[Role | None, Role | None]:
+        """The roles of a score pair's two sides: on a PyLate checkpoint the first text is a
+        query and the second a document (prepared and filtered as such); other models have none."""
+        return ROLES if self.model.pylate is not None else (None, None)  # type: ignore[return-value]
 
     @property
     def score_task(self) -> str | None:

@@ -111,9 +111,10 @@ def tokenize_items(call: ModelCall, truncation: Truncation, items: Sequence[Item
                                    role=call.role)
         return [x if isinstance(x, EngineError) else ModelInput(x) for x in ids]
     n = len(items)
-    if engine.model.pylate is not None:  # late interaction with roles: the first text is the query, the second a document
-        sides = (engine.tokenize_each([i.prompt for i in items], labels, pooling_task=call.side_task, truncation=truncation, role="query")  # type: ignore[arg-type]
-                 + engine.tokenize_each([i.pair for i in items], labels, pooling_task=call.side_task, truncation=truncation, role="document"))  # type: ignore[arg-type, misc]
+    first_role, second_role = engine.score_roles
+    if first_role is not None:  # the sides are tokenized for their roles (PyLate: query, document)
+        sides = (engine.tokenize_each([i.prompt for i in items], labels, pooling_task=call.side_task, truncation=truncation, role=first_role)  # type: ignore[arg-type]
+                 + engine.tokenize_each([i.pair for i in items], labels, pooling_task=call.side_task, truncation=truncation, role=second_role))  # type: ignore[arg-type, misc]
     else:
         sides = engine.tokenize_each([i.prompt for i in items] + [i.pair for i in items], list(labels) * 2,  # type: ignore[operator]
                                      pooling_task=call.side_task, truncation=truncation)  # type: ignore[arg-type]
@@ -160,7 +161,7 @@ def run_call(call: ModelCall, inputs: Sequence[ModelInput]) -> list[ItemResult]:
     else:
         # Distinct sequences are encoded once; with roles (PyLate) a query and a document are
         # distinct even when their ids agree (a document's skiplist vectors are dropped).
-        first, second = ("query", "document") if engine.model.pylate is not None else (None, None)
+        first, second = engine.score_roles
         unique: dict[tuple[str | None, tuple[int, ...]], int] = {}
         pairs = [(unique.setdefault((first, tuple(x.ids)), len(unique)), unique.setdefault((second, tuple(x.pair_ids)), len(unique)))  # type: ignore[arg-type]
                  for x in inputs]
