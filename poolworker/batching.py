@@ -1,5 +1,6 @@
-"""The infer stage: one model thread micro-batches prepared requests under a token budget and
-runs forward passes on their token ids — nothing else (no parsing, no tokenizing, no I/O).
+"""The infer stage: one model loop micro-batches prepared requests under a token budget and
+runs forward passes on their token ids — nothing else (no parsing, no tokenizing, no I/O) —
+on its own thread or, through ``Forwards``, in a model process of its own (``model_process``).
 
 One owner of the queue state (TEI's queue): requests enter in record order, leave in batches of
 at most ``max_batch_requests`` requests and ``max_batch_tokens`` tokens, after waiting at most
@@ -22,11 +23,14 @@ import threading
 import time
 from collections import defaultdict, deque
 from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from typing import Protocol
 
 from .engine.errors import EngineError
 from .metrics import Metrics
-from .protocol import DEADLINE_HEADER, EXPIRED, ErrorInfo
-from .tasks import ItemResult, ModelCall, run_call
+from .protocol import DEADLINE_HEADER, EXPIRED, ErrorInfo, all_finite
+from .tasks import ItemResult, ModelCall, ModelInput, run_call
 from .work import Finished, Prepared, Source
 
 log = logging.getLogger(__name__)
@@ -61,23 +65,123 @@ def _expired(prepared: Prepared, now_ms: float) -> ErrorInfo | None:
     return ErrorInfo(type=EXPIRED, message=f"the request's deadline passed {late_ms} ms before the model reached it; it was not computed")
 
 
-def _fill(call: ModelCall, members: list[Prepared], out: dict[int, list[ItemResult] | ErrorInfo]) -> None:
-    """One engine call for the inputs of ``members``; each member's slice of the results."""
-    results = run_call(call, [x for p in members for _, x in p.inputs])
-    at = 0
-    for p in members:
-        out[id(p)] = results[at : at + len(p.inputs)]
-        at += len(p.inputs)
+@dataclass(frozen=True, slots=True)
+class ModelWork:
+    """One engine call of a batch: the inputs of every member request that shares ``call``, as
+    the forward passes need them and nothing more (no sources, no bodies), so that the same value
+    can run on this thread or be sent to a model process (``model_process``) with the engine
+    unbound and bound again there by ``model``."""
+
+    model: str
+    call: ModelCall
+    members: tuple[tuple[ModelInput, ...], ...]
+    request_ids: tuple[str, ...]
 
 
-def _failure(prepared: Prepared, exc: Exception) -> ErrorInfo:
+# A member's outcome: its items' results in order, or the error that answers the whole request.
+Outcome = list[ItemResult] | ErrorInfo
+# One ModelWork's outcomes (one per member) and the seconds its engine call took.
+Computed = tuple[list[Outcome], float]
+Done = Callable[[list[Computed] | BaseException], None]
+
+
+def compute(work: ModelWork) -> Computed:
+    """One engine call for the inputs of every member; each member's slice of the results. A
+    failing call is retried member by member, so one bad request cannot fail its neighbours; a
+    member that still fails gets an error."""
+    start = time.perf_counter()
+    try:
+        results = run_call(work.call, [x for inputs in work.members for x in inputs])
+        outcomes: list[Outcome] = []
+        at = 0
+        for inputs in work.members:
+            outcomes.append(results[at : at + len(inputs)])
+            at += len(inputs)
+    except Exception:  # noqa: BLE001 - isolate below
+        outcomes = []
+        for request_id, inputs in zip(work.request_ids, work.members):
+            try:
+                outcomes.append(run_call(work.call, list(inputs)))
+            except Exception as exc:  # noqa: BLE001 - a model failure becomes this request's error
+                outcomes.append(_failure(request_id, exc))
+    outcomes = [_finite_or_error(request_id, o) for request_id, o in zip(work.request_ids, outcomes)]
+    return outcomes, time.perf_counter() - start
+
+
+def _finite_or_error(request_id: str, outcome: Outcome) -> Outcome:
+    """A NaN or an infinity from the model answers the request with an error (and is never
+    cached). Checked here, once per request, so the publisher need not look into the arrays:
+    ``encode_message(..., arrays_checked=True)``."""
+    if isinstance(outcome, ErrorInfo) or all_finite([r.data for r in outcome]):
+        return outcome
+    log.error("the model produced a NaN or an infinity for request %s", request_id)
+    return ErrorInfo(type="internal_error", message="the model produced a NaN or an infinity for this input")
+
+
+def _failure(request_id: str, exc: Exception) -> ErrorInfo:
     if isinstance(exc, EngineError):  # validated upstream, so not expected here; still typed
         return ErrorInfo(type=exc.kind, message=exc.message, param=exc.param)
-    log.error("inference failed for request %s", prepared.request_id, exc_info=exc)
+    log.error("inference failed for request %s", request_id, exc_info=exc)
     return ErrorInfo(type="internal_error", message=f"inference failed: {type(exc).__name__}: {exc}")
 
 
-def _finished(prepared: Prepared, computed: list[ItemResult] | ErrorInfo | None) -> Finished:
+class Forwards(Protocol):
+    """Where a batch's engine calls run. ``run`` hands ``done`` each work's ``Computed`` in
+    order — or the exception that ended the forwards for good (a dead model process) — exactly
+    once per call and in the order of the calls, on whichever thread finished them."""
+
+    def run(self, work: list[ModelWork], done: Done) -> None: ...
+
+
+class LocalForwards:
+    """The engine calls on the calling thread (the offline path, tests, and ``--no-model-process``)."""
+
+    def run(self, work: list[ModelWork], done: Done) -> None:
+        done([compute(w) for w in work])
+
+
+@dataclass(frozen=True, slots=True)
+class BatchPlan:
+    """A batch on its way through the forwards: its engine calls and who answers from them."""
+
+    batch: list[Prepared]
+    work: list[ModelWork]
+    members: list[list[Prepared]]  # the requests of each work, in its order
+    early: dict[int, ErrorInfo]  # requests answered without a forward (deadline passed), by id
+
+
+def plan_batch(batch: list[Prepared], metrics: Metrics | None = None) -> BatchPlan:
+    """Group the requests that need a forward by engine call; answer those whose deadline has
+    passed with ``expired``."""
+    groups: dict[ModelCall, list[Prepared]] = defaultdict(list)
+    early: dict[int, ErrorInfo] = {}
+    now_ms = time.time() * 1000
+    for prepared in batch:
+        if (late := _expired(prepared, now_ms)) is not None:
+            early[id(prepared)] = late
+            if metrics is not None:
+                metrics.expired(prepared.model or "unknown", prepared.task or "unknown")
+        elif prepared.error is None and prepared.inputs:
+            groups[prepared.call].append(prepared)  # type: ignore[index]
+    work = [ModelWork(members[0].model or "", call, tuple(tuple(x for _, x in p.inputs) for p in members),
+                      tuple(p.request_id for p in members)) for call, members in groups.items()]
+    return BatchPlan(batch, work, list(groups.values()), early)
+
+
+def finish_batch(plan: BatchPlan, computed: list[Computed], metrics: Metrics | None = None) -> list[Finished]:
+    """Every request's outcome, in record order, from the forwards' ``computed``."""
+    outcome: dict[int, Outcome] = dict(plan.early)
+    for members, (outcomes, seconds) in zip(plan.members, computed):
+        for prepared, result in zip(members, outcomes):
+            outcome[id(prepared)] = result
+        if metrics is not None:
+            model = members[0].model or "unknown"
+            metrics.inference(model, seconds)
+            metrics.batch(model, sum(len(p.inputs) for p in members), sum(p.cost_tokens for p in members))
+    return [_finished(p, outcome.get(id(p))) for p in plan.batch]
+
+
+def _finished(prepared: Prepared, computed: Outcome | None) -> Finished:
     if prepared.error is not None:
         return Finished(prepared, error=prepared.error)
     if isinstance(computed, ErrorInfo):
@@ -89,38 +193,20 @@ def _finished(prepared: Prepared, computed: list[ItemResult] | ErrorInfo | None)
 
 
 def infer(batch: list[Prepared], metrics: Metrics | None = None) -> list[Finished]:
-    """Every request's outcome, in order. A failing engine call is retried request by request,
-    so one bad request cannot fail its neighbours; a request that still fails gets an error.
-    A request whose deadline has passed is answered ``expired`` without a forward."""
-    groups: dict[ModelCall, list[Prepared]] = defaultdict(list)
-    computed: dict[int, list[ItemResult] | ErrorInfo] = {}
-    now_ms = time.time() * 1000
-    for prepared in batch:
-        if (late := _expired(prepared, now_ms)) is not None:
-            computed[id(prepared)] = late
-            if metrics is not None:
-                metrics.expired(prepared.model or "unknown", prepared.task or "unknown")
-        elif prepared.error is None and prepared.inputs:
-            groups[prepared.call].append(prepared)  # type: ignore[index]
-    for call, members in groups.items():
-        start = time.perf_counter()
-        try:
-            _fill(call, members, computed)
-        except Exception:  # noqa: BLE001 - isolate below
-            for prepared in members:
-                try:
-                    _fill(call, [prepared], computed)
-                except Exception as exc:  # noqa: BLE001 - a model failure becomes this request's error
-                    computed[id(prepared)] = _failure(prepared, exc)
-        if metrics is not None:
-            model = members[0].model or "unknown"
-            metrics.inference(model, time.perf_counter() - start)
-            metrics.batch(model, sum(len(p.inputs) for p in members), sum(p.cost_tokens for p in members))
-    return [_finished(p, computed.get(id(p))) for p in batch]
+    """Every request's outcome, in order, computed on this thread (``plan_batch``, the engine
+    calls, ``finish_batch``)."""
+    plan = plan_batch(batch, metrics)
+    return finish_batch(plan, [compute(w) for w in plan.work], metrics)
 
 
 class MicroBatcher:
-    """Queue + model thread. ``handoff(finished)`` receives each batch's outcomes in record order."""
+    """Queue + model loop. ``handoff(finished)`` receives each batch's outcomes in record order.
+
+    The loop takes a batch, plans it and gives its engine calls to ``forwards``; with a model
+    process (``model_process.ModelProcess``) it takes the next batch while the previous one is
+    computed there, and the outcomes come back, in order, on the process's reply thread. A
+    ``failure`` of the forwards (the model process died) stops the loop: nothing more is handed
+    off, so the records in flight stay unacknowledged and are delivered again."""
 
     def __init__(
         self,
@@ -130,15 +216,18 @@ class MicroBatcher:
         max_batch_requests: int,
         max_wait_ms: int,
         metrics: Metrics | None = None,
+        forwards: Forwards | None = None,
     ) -> None:
         self.handoff = handoff
         self.max_batch_tokens = max_batch_tokens
         self.max_batch_requests = max_batch_requests
         self.max_wait_s = max_wait_ms / 1000
         self.metrics = metrics
+        self.forwards = forwards or LocalForwards()
+        self.failure: BaseException | None = None
         self._queue: deque[Prepared] = deque()
         self._cond = threading.Condition()
-        self._busy = False
+        self._inflight = 0  # batches taken and not yet handed off
         self._stopping = False
         self._thread = threading.Thread(target=self._loop, name="poolworker-model", daemon=True)
 
@@ -160,18 +249,19 @@ class MicroBatcher:
 
     def pending(self) -> int:
         with self._cond:
-            return len(self._queue) + (1 if self._busy else 0)
+            return len(self._queue) + self._inflight
 
     def drain(self, timeout_s: float) -> bool:
-        """Wait until every submitted request has been handed off; True when that happened in time."""
+        """Wait until every submitted request has been handed off; True when that happened in
+        time (never after a failure of the forwards: what was in flight is lost)."""
         deadline = time.monotonic() + timeout_s
         with self._cond:
-            while self._queue or self._busy:
+            while (self._queue or self._inflight) and self.failure is None:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return False
                 self._cond.wait(left)
-        return True
+        return self.failure is None
 
     def stop(self, timeout_s: float = 5.0) -> None:
         with self._cond:
@@ -183,9 +273,9 @@ class MicroBatcher:
     def _take_batch(self) -> list[Prepared] | None:
         """Block for the first request, then fill the batch until budget, size or deadline."""
         with self._cond:
-            while not self._queue and not self._stopping:
+            while not self._queue and not self._stopping and self.failure is None:
                 self._cond.wait()
-            if not self._queue:
+            if not self._queue or self.failure is not None:
                 return None
             deadline = self._queue[0].enqueued_at + self.max_wait_s
             while True:
@@ -196,7 +286,7 @@ class MicroBatcher:
                     break
                 self._cond.wait(left)
             batch = [self._queue.popleft() for _ in range(size)]
-            self._busy = True
+            self._inflight += 1
             return batch
 
     def _fits(self) -> tuple[int, int]:
@@ -211,25 +301,51 @@ class MicroBatcher:
         return size, tokens
 
     def _loop(self) -> None:
-        while True:
-            batch = self._take_batch()
-            if batch is None:
-                return
+        while (batch := self._take_batch()) is not None:
+            if self.metrics is not None:
+                now = time.monotonic()
+                for prepared in batch:
+                    self.metrics.queue_wait(now - prepared.enqueued_at)
             try:
-                if self.metrics is not None:
-                    now = time.monotonic()
-                    for prepared in batch:
-                        self.metrics.queue_wait(now - prepared.enqueued_at)
-                finished = infer(batch, self.metrics)
+                plan = plan_batch(batch, self.metrics)
             except Exception:
                 log.exception("batch failed unexpectedly")
-                error = ErrorInfo(type="internal_error", message="the batch failed unexpectedly")
-                finished = [Finished(p, error=p.error or error) for p in batch]
+                self._hand_off(_failed(batch))
+                continue
             try:
-                self.handoff(finished)
-            except Exception:
-                log.exception("could not hand a batch to the publisher")
-            finally:
-                with self._cond:
-                    self._busy = False
-                    self._cond.notify_all()
+                self.forwards.run(plan.work, partial(self._computed, plan))
+            except Exception as exc:  # noqa: BLE001 - the forwards are gone (a dead model process)
+                self._fail(exc)
+
+    def _computed(self, plan: BatchPlan, computed: list[Computed] | BaseException) -> None:
+        if isinstance(computed, BaseException):
+            self._fail(computed)
+            return
+        try:
+            finished = finish_batch(plan, computed, self.metrics)
+        except Exception:
+            log.exception("batch failed unexpectedly")
+            finished = _failed(plan.batch)
+        self._hand_off(finished)
+
+    def _hand_off(self, finished: list[Finished]) -> None:
+        try:
+            self.handoff(finished)
+        except Exception:
+            log.exception("could not hand a batch to the publisher")
+        finally:
+            with self._cond:
+                self._inflight -= 1
+                self._cond.notify_all()
+
+    def _fail(self, exc: BaseException) -> None:
+        with self._cond:
+            if self.failure is None:
+                log.error("the model stage failed: %s; stopping, the records in flight stay unacknowledged", exc)
+                self.failure = exc
+            self._cond.notify_all()
+
+
+def _failed(batch: list[Prepared]) -> list[Finished]:
+    error = ErrorInfo(type="internal_error", message="the batch failed unexpectedly")
+    return [Finished(p, error=p.error or error) for p in batch]

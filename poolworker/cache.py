@@ -168,6 +168,8 @@ def decode_value(raw: bytes) -> tuple[Decoded, int]:
     if len(payload) != rows * cols * _F32.itemsize:
         raise ValueError(f"payload is {len(payload)} bytes, header says {rows}x{cols} float32")
     values = np.frombuffer(payload, dtype=_F32)  # read-only, no copy: results are never edited
+    if not np.isfinite(values).all():  # never written by a worker (the model stage refuses them); published unchecked
+        raise ValueError("the value holds a NaN or an infinity")
     if ndim == 0:
         return float(values[0]), num_tokens
     if ndim == 1:

@@ -90,6 +90,8 @@ def run(
     max_inflight_requests: Annotated[int | None, typer.Option(help="Pause consuming above this many unfinished requests.")] = None,
     allowed_reply_topics: Annotated[str | None, typer.Option(help="Regex of topics reply_to may name.")] = None,
     processes: Annotated[int | None, typer.Option(help="Worker processes on this host, one consumer group (1: this process serves).")] = None,
+    model_process: Annotated[bool | None, typer.Option("--model-process/--no-model-process", help="Forward passes in a process "
+                                                       "of their own beside each worker process (default), or on a thread.")] = None,
     hf_overrides: Annotated[list[str] | None, typer.Option("--hf-overrides", help="MODEL=JSON: vLLM-style hf_overrides for "
                                                            "one --model (generative rerankers, bge-m3); repeatable.")] = None,
     io_processor: Annotated[list[str] | None, typer.Option("--io-processor", help="MODEL=PLUGIN: serve task 'plugin' for MODEL "
@@ -111,7 +113,7 @@ def run(
             redis_url=redis_url, metrics_port=metrics_port,
             kafka_options=parse_key_values(kafka_option, "--kafka-option") if kafka_option else None,
             max_batch_tokens=max_batch_tokens, max_batch_requests=max_batch_requests, max_wait_ms=max_wait_ms,
-            max_inflight_requests=max_inflight_requests, allowed_reply_topics=allowed_reply_topics, processes=processes,
+            max_inflight_requests=max_inflight_requests, allowed_reply_topics=allowed_reply_topics, processes=processes, model_process=model_process,
             io_processors=io_processor or None, hf_overrides=hf_overrides or None,
         )
         if settings.processes == 1:

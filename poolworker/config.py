@@ -101,6 +101,8 @@ class WorkerSettings(BaseSettings):
     max_items_per_request: int = Field(4096, ge=1)
     drain_timeout_s: float = Field(60.0, gt=0)
     processes: int = Field(1, ge=1, description="worker processes on this host, one consumer group; 1: no child process")
+    model_process: bool = Field(True, description="run the forward passes in a process of their own, beside each worker "
+                                "process (off the interpreter lock of its receive and publish threads); false: on a thread")
 
     # cache and metrics
     redis_url: str | None = "redis://127.0.0.1:6379/0"

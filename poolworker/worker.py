@@ -17,6 +17,7 @@ from .config import WorkerSettings, parse_model_options, parse_model_specs
 from .consumers.loop import WorkerLoop
 from .engine import Engine
 from .metrics import Metrics, MetricsServer
+from .model_process import ModelProcess
 from .plugins.interface import IOProcessor
 
 log = logging.getLogger(__name__)
@@ -52,13 +53,30 @@ class Worker:
                  cache: ResultCache | None = None, metrics: Metrics | None = None, dev: bool = False) -> None:
         self.settings = settings
         self.metrics = metrics or Metrics()
-        self.engines = dict(engines) if engines is not None else load_engines(settings)
+        # Engines passed in (tests, benchmarks) are served on a thread: a model process loads its
+        # own copy from the settings, which only holds when the worker loaded them the same way.
+        self.model_process = ModelProcess(settings).spawn() if engines is None and settings.model_process else None
+        self.engines = dict(engines) if engines is not None else self._load(settings)
         self.cache = cache or make_cache(settings.redis_url, dev=dev, ttl_s=settings.cache_ttl_s, metrics=self.metrics)
         self.metrics.info(version=__version__, models=",".join(sorted(self.engines)), transport=settings.transport)
         self.server: MetricsServer | None = None
         self.metrics_port: int | None = None
         self.processors = load_processors(settings, self.engines)
-        self.loop = WorkerLoop(settings, self.engines, self.cache, self.metrics, processors=self.processors)
+        self.loop = WorkerLoop(settings, self.engines, self.cache, self.metrics, processors=self.processors,
+                               forwards=self.model_process)
+
+    def _load(self, settings: WorkerSettings) -> dict[str, Engine]:
+        """The worker's own engines (tokenizers, option checks), loaded while the model process
+        loads its copy; then the two are checked to hold the same models."""
+        try:
+            engines = load_engines(settings)
+            if self.model_process is not None:
+                self.model_process.wait_ready({name: engine.model.fingerprint for name, engine in engines.items()})
+        except BaseException:
+            if self.model_process is not None:
+                self.model_process.close()
+            raise
+        return engines
 
     def run(self, stop: threading.Event) -> None:
         freeze_long_lived_objects()
@@ -69,6 +87,8 @@ class Worker:
         try:
             self.loop.run(stop)
         finally:
+            if self.model_process is not None:
+                self.model_process.close()
             self.cache.close()
             if self.server is not None:
                 self.server.stop()

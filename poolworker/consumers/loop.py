@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Mapping
 
-from ..batching import MicroBatcher
+from ..batching import Forwards, MicroBatcher
 from ..cache import ResultCache
 from ..config import WorkerSettings
 from ..engine import Engine
@@ -44,8 +44,10 @@ class WorkerLoop:
     """Consumes ``settings.requests_topic`` and serves it with ``engines`` until ``stop`` is set."""
 
     def __init__(self, settings: WorkerSettings, engines: dict[str, Engine], cache: ResultCache, metrics: Metrics,
-                 transport: Transport | None = None, processors: Mapping[str, IOProcessor] | None = None) -> None:
+                 transport: Transport | None = None, processors: Mapping[str, IOProcessor] | None = None,
+                 forwards: Forwards | None = None) -> None:
         self.settings = settings
+        self.forwards = forwards
         self.engines = engines
         self.metrics = metrics
         self.cache = cache
@@ -70,7 +72,8 @@ class WorkerLoop:
         self.transport.start()
         self.publisher = Publisher(self.transport, self.cache, self.metrics, dlq_topic=s.dlq_topic).start()
         self.batcher = MicroBatcher(self.publisher.submit, max_batch_tokens=batch_budget(s, self.engines),
-                                    max_batch_requests=s.max_batch_requests, max_wait_ms=s.max_wait_ms, metrics=self.metrics)
+                                    max_batch_requests=s.max_batch_requests, max_wait_ms=s.max_wait_ms, metrics=self.metrics,
+                                    forwards=self.forwards)
 
     def ready(self) -> bool:
         """True once the transport can receive (Kafka: partitions assigned)."""
@@ -78,11 +81,13 @@ class WorkerLoop:
 
     def run(self, stop: threading.Event) -> None:
         """Serve until ``stop`` is set, then drain: finish and publish what is in flight,
-        commit, and leave the group.
+        commit, and leave the group. A failure of the model stage (its process died) ends the
+        serving too, after the same drain of what was answered, and is raised.
 
-        The model runs on the calling thread — the one that loaded it — and the receive loop on
-        a thread of its own: torch's OpenMP pool is the calling thread's, and the same forward
-        passes ran ~20% slower from a second thread (MiniLM, 2 cores: 120 vs 95-100 docs/s)."""
+        The model loop runs on the calling thread — the one that loaded the models — and the
+        receive loop on a thread of its own: without a model process torch's OpenMP pool is the
+        calling thread's, and the same forward passes ran ~20% slower from a second thread
+        (MiniLM, 2 cores: 120 vs 95-100 docs/s)."""
         self._connect()
         failure: list[BaseException] = []
 
@@ -94,16 +99,18 @@ class WorkerLoop:
 
         thread = threading.Thread(target=receive, name="poolworker-receive", daemon=True)
         thread.start()
-        self.batcher.serve()  # returns once the receive loop's shutdown stops the batcher
+        self.batcher.serve()  # returns once the receive loop's shutdown stops the batcher, or on a failure
         thread.join()
         if failure:
             raise failure[0]
+        if self.batcher.failure is not None:
+            raise self.batcher.failure
 
     def _receive(self, stop: threading.Event) -> None:
         last_commit = last_lag = 0.0
         self.metrics.set_ready(True)
         try:
-            while not stop.is_set():
+            while not stop.is_set() and self.batcher.failure is None:
                 self.metrics.heartbeat()
                 self._flow_control()
                 records = self.transport.poll(POLL_TIMEOUT_S, self.settings.max_poll_records)
@@ -123,8 +130,12 @@ class WorkerLoop:
 
     def _shutdown(self) -> None:
         drained = self.batcher.drain(self.settings.drain_timeout_s) if self.batcher else True
-        drained = drained and (self.publisher.drain(self.settings.drain_timeout_s) if self.publisher else True)
-        if not drained:
+        failed = self.batcher is not None and self.batcher.failure is not None
+        if (drained or failed) and self.publisher is not None:  # what the model stage answered is published even after it failed
+            drained = self.publisher.drain(self.settings.drain_timeout_s) and drained
+        if failed:
+            log.error("the model stage failed; unfinished requests stay uncommitted and will be replayed")
+        elif not drained:
             log.warning("drain timed out after %.0fs; unfinished requests stay uncommitted and will be replayed",
                         self.settings.drain_timeout_s)
         self.transport.flush(self.settings.drain_timeout_s)

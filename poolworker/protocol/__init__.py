@@ -16,7 +16,7 @@ from .errors import (
     UnparseableMessage,
 )
 from .request import DEFAULT_MAX_ITEMS, TASKS, PoolingRequest, PoolingTask, Task
-from .results import encode_message, result_message, status_of
+from .results import all_finite, encode_message, result_message, status_of
 
 __all__ = [
     "DEADLINE_HEADER",
@@ -31,6 +31,7 @@ __all__ = [
     "PoolingTask",
     "Task",
     "UnparseableMessage",
+    "all_finite",
     "encode_message",
     "parse_request",
     "result_message",

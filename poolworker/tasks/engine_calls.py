@@ -48,6 +48,11 @@ class ModelInput:
     def num_tokens(self) -> int:
         return len(self.ids) + (len(self.pair_ids) if self.pair_ids is not None else 0)
 
+    def __reduce__(self):
+        """Pickled as a plain tuple: thousands a second go to the model process, and the
+        dataclass default (a ``fields()`` walk per object) cost more than the ids themselves."""
+        return ModelInput, (self.ids, self.type_ids, self.pair_ids)
+
 
 @dataclass(frozen=True)
 class ModelCall:

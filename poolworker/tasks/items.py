@@ -80,3 +80,7 @@ class ItemResult:
 
     data: float | np.ndarray | list[float] | list[list[float]] | dict[str, object]
     num_tokens: int
+
+    def __reduce__(self):
+        """Pickled as a plain tuple (results come back from the model process by the thousand)."""
+        return ItemResult, (self.data, self.num_tokens)

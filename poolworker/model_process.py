@@ -1,0 +1,192 @@
+"""The model stage's forward passes in a process of their own, beside the worker process.
+
+Why: a forward pass gives up the interpreter lock inside every torch op and must take it back
+after each one. In one process it competes for that lock with the receive and publish threads
+(parsing, tokenizing, the Kafka client — all Python); measured with ``bench/gil_contention.py``
+on a near-free model, the model stage ran 18-21 µs a text alone and several hundred to several
+thousand beside one busy Python thread. In a process of its own it keeps its own lock.
+
+Layout: the worker process keeps everything else — the transport, receive, prepare (it still
+loads the models, for their tokenizers and option checks), publish and every at-least-once
+mechanism — and spawns one model process that loads the same models from the same settings.
+At start the two compare each model's fingerprint (weights, config, dtype), so a worker never
+publishes vectors from other weights than it planned for. Each batch's ``ModelWork`` (token ids;
+the engine unbound, bound again there by model name) goes down one pipe; the model process runs
+``batching.compute`` on it and sends the results (float32 arrays) back up another, in order. Up
+to ``DEPTH`` batches are in flight, so the model does not wait for the worker to plan the next.
+
+Failure: the model process never outlives its worker (it ends when the pipe from the worker
+closes, so a worker killed with -9 takes it along) and ignores SIGINT and SIGTERM (its worker
+drains it; a Ctrl-C or a SIGTERM sent to the whole process group must not end the forwards under
+a drain). If it dies, every batch in flight fails with ``ModelProcessDied``: the micro-batcher
+stops, nothing in flight is acknowledged, the worker commits what was answered and exits
+non-zero, and the unanswered records are delivered again.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import signal
+import threading
+from collections import deque
+from dataclasses import replace
+from multiprocessing import get_context
+from multiprocessing.connection import Connection
+
+from .batching import Computed, Done, ModelWork, compute
+from .config import WorkerSettings
+
+log = logging.getLogger(__name__)
+
+DEPTH = 2  # batches in flight: one computing, one waiting in the pipe
+LOG_FORMAT = "%(asctime)s %(levelname)s [%(processName)s] %(name)s: %(message)s"
+
+
+class ModelProcessDied(RuntimeError):
+    """The model process ended while the worker needed it."""
+
+
+class ModelProcess:
+    """The worker side of the model process: ``spawn``, then ``wait_ready``, then ``run`` as the
+    micro-batcher's ``Forwards``; ``close`` at the end of the drain."""
+
+    def __init__(self, settings: WorkerSettings, depth: int = DEPTH) -> None:
+        self.settings = settings
+        self.failure: ModelProcessDied | None = None
+        self._slots = threading.Semaphore(depth)
+        self._pending: deque[Done] = deque()  # one per batch sent, in order; only the reader pops
+        self._lock = threading.Lock()
+        self._closing = False
+        self._reader: threading.Thread | None = None
+
+    def spawn(self) -> ModelProcess:
+        """Start the model process; it loads its models while the worker loads its own."""
+        ctx = get_context("spawn")  # a fork of a process that imported torch is unsafe
+        down_end, self._down = ctx.Pipe(duplex=False)
+        self._up, up_end = ctx.Pipe(duplex=False)
+        level = logging.getLogger().getEffectiveLevel()
+        self.process = ctx.Process(target=_serve, args=(self.settings, down_end, up_end, level),
+                                   name="poolworker-model", daemon=True)
+        handler = signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C during its imports
+        try:
+            self.process.start()
+        finally:
+            signal.signal(signal.SIGINT, handler)
+        down_end.close()  # the child's ends: only the child may hold them, or its death goes unseen
+        up_end.close()
+        log.info("model process started (pid %d)", self.process.pid)
+        return self
+
+    def wait_ready(self, fingerprints: dict[str, str]) -> None:
+        """Block until the model process has loaded its models; refuse to go on unless they are
+        the worker's own (``fingerprints``: model name → ``LoadedModel.fingerprint``)."""
+        while not self._up.poll(0.5):
+            if not self.process.is_alive():
+                raise ModelProcessDied(f"the model process exited with code {self.process.exitcode} before it loaded "
+                                       "the models (its log above says why)")
+        try:
+            kind, detail = self._up.recv()
+        except (EOFError, OSError) as exc:
+            raise ModelProcessDied("the model process ended before it loaded the models") from exc
+        if kind != "ready":
+            raise ModelProcessDied(f"the model process could not load the models: {detail}")
+        if detail != fingerprints:
+            raise ModelProcessDied(f"the model process loaded other models than the worker: {detail} != {fingerprints}")
+        self._reader = threading.Thread(target=self._read, name="poolworker-model-replies", daemon=True)
+        self._reader.start()
+        log.info("model process ready (pid %d): %s", self.process.pid, ", ".join(sorted(fingerprints)))
+
+    def run(self, work: list[ModelWork], done: Done) -> None:
+        """Send one batch's engine calls; ``done`` gets their results on the reply thread, after
+        every earlier batch's. Blocks while ``DEPTH`` batches are in flight."""
+        with self._lock:
+            if self.failure is not None:
+                raise self.failure
+            if not work and not self._pending:  # nothing to compute and nothing to wait for
+                done([])
+                return
+        self._slots.acquire()
+        with self._lock:
+            if self.failure is not None:
+                self._slots.release()
+                raise self.failure
+            self._pending.append(done)
+        try:
+            self._down.send([replace(w, call=replace(w.call, engine=None)) for w in work])
+        except (OSError, ValueError) as exc:  # a closed pipe: the process is gone
+            self._died(exc)
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        """Ask the model process to end (after the worker's drain) and wait for it."""
+        self._closing = True
+        try:
+            self._down.send(None)
+        except (OSError, ValueError):
+            pass
+        self.process.join(timeout_s)
+        if self.process.is_alive():
+            log.warning("model process (pid %d) did not end within %.0f s: killing it", self.process.pid, timeout_s)
+            self.process.kill()
+            self.process.join()
+        if self._reader is not None:
+            self._reader.join(timeout_s)
+        self._down.close()
+        self._up.close()
+
+    def _read(self) -> None:
+        """The reply thread: each reply answers the oldest batch in flight."""
+        while True:
+            try:
+                computed: list[Computed] = self._up.recv()
+            except (EOFError, OSError) as exc:
+                if not self._closing:
+                    self._died(exc)
+                return
+            done = self._pending[0]
+            try:
+                done(computed)
+            finally:
+                with self._lock:
+                    self._pending.popleft()
+                self._slots.release()
+
+    def _died(self, exc: BaseException) -> None:
+        self.process.join(1.0)
+        failure = ModelProcessDied(f"the model process (pid {self.process.pid}) ended with code {self.process.exitcode}")
+        failure.__cause__ = exc
+        with self._lock:
+            if self.failure is not None:
+                return
+            self.failure = failure
+            pending = list(self._pending)
+            self._pending.clear()
+        for done in pending:
+            done(failure)
+        self._slots.release()  # a run() waiting for a slot sees the failure
+
+
+def _serve(settings: WorkerSettings, down: Connection, up: Connection, level: int) -> None:
+    """The model process's whole life: load the models, answer batches until the worker closes."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    logging.basicConfig(level=level, format=LOG_FORMAT)
+    try:
+        from .worker import load_engines
+
+        engines = load_engines(settings)
+    except Exception as exc:  # reported to the worker, which stops with it
+        log.exception("could not load the models")
+        up.send(("error", f"{type(exc).__name__}: {exc}"))
+        return
+    gc.collect()
+    gc.freeze()  # as the worker does: full collections would walk torch's millions of objects
+    up.send(("ready", {name: engine.model.fingerprint for name, engine in engines.items()}))
+    while True:
+        try:
+            work: list[ModelWork] | None = down.recv()
+        except (EOFError, OSError):  # the worker is gone
+            return
+        if work is None:
+            return
+        up.send([compute(replace(w, call=replace(w.call, engine=engines[w.model]))) for w in work])
