@@ -5,8 +5,13 @@ duplicates with identical results."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import time
 from collections import defaultdict
+from pathlib import Path
+
+import pytest
 
 from .procs import embed_requests, ids_answered
 
@@ -108,3 +113,39 @@ def test_two_workers_one_killed_the_other_takes_over(queue, broker, topics, pool
         f"{N} requests, b killed after {answered_before} answered; "
         + (f"a owned all 4 partitions {takeover_s:.1f}s later; " if kafka else "")
         + f"{duplicates} duplicates (max |diff| {worst:.1e})")
+
+
+def _model_process_of(pid: int) -> int:
+    """The pid of a worker's model process (its spawned child running ``spawn_main``)."""
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    for child in children:
+        cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
+        if b"spawn_main" in cmdline:
+            return int(child)
+    raise AssertionError(f"worker {pid} has no model process among its children {children}")
+
+
+@pytest.mark.parametrize("queue", ["kafka"], indirect=True)  # the mechanism is the worker's, not the transport's
+def test_model_process_killed_the_worker_stops_and_a_restart_answers_everything(queue, broker, topics, pool, report):
+    """kill -9 of the model process alone: its worker must not go on without it (nor answer
+    the batches in flight with errors); it exits non-zero, and a new worker answers everything."""
+    bs = broker.bootstrap_servers
+    queue.create(topics, partitions=3)
+    first = pool.worker(bs, topics, "first", max_inflight_requests=256, **queue.worker_settings())
+    queue.produce(topics["requests_topic"], embed_requests(N))
+    reader = queue.reader(topics["results_topic"])
+    try:
+        assert reader.until(lambda r: len(r) >= N // 4, 120), first.tail()
+        os.kill(_model_process_of(first.pid), signal.SIGKILL)
+        assert first.proc.wait(60) != 0, first.tail()
+        answered_before = len(ids_answered(reader.records))
+        assert answered_before < N, "the worker finished before the kill; nothing was tested"
+        second = pool.worker(bs, topics, "second", max_inflight_requests=256, **queue.worker_settings())
+        assert reader.until(lambda r: len(ids_answered(r)) >= N, 180), second.tail()
+        reader.settle()
+    finally:
+        reader.close()
+    assert ids_answered(reader.records) == {f"r{i}" for i in range(N)}  # and no error results: checked below
+    duplicates, worst = _check_duplicates(reader.records)
+    report["model process kill -9"] = (f"{N} requests, model process killed after {answered_before} answered; worker exited "
+                                       f"{first.proc.returncode}; {duplicates} duplicates (max |diff| {worst:.1e})")

@@ -1,0 +1,118 @@
+"""The model process (``poolworker.model_process``): the same results as the forward passes on
+this thread, in the order the batches were sent, and a clean failure when it dies or holds other
+weights. (A worker whose model process is killed mid-stream: tests/reliability/test_crash.py.)"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+
+import numpy as np
+import pytest
+
+from poolworker.batching import compute, plan_batch
+from poolworker.cache import make_cache
+from poolworker.config import WorkerSettings
+from poolworker.model_process import ModelProcess, ModelProcessDied
+from poolworker.prepare import Preparer
+from poolworker.work import Source
+
+TEXTS = [
+    "Kafka partitions spread load.",
+    "Bananas are yellow.",
+    "A third, rather longer sentence about consumer groups and the offsets they commit.",
+    "short",
+]
+
+
+@pytest.fixture(scope="module")
+def engines(minilm_engine):
+    return {"minilm": minilm_engine}
+
+
+def _records(*bodies: dict) -> list[tuple[Source, bytes]]:
+    return [(Source("req", 0, i, None, None), json.dumps(body).encode()) for i, body in enumerate(bodies)]
+
+
+def _settings(minilm_path) -> WorkerSettings:
+    return WorkerSettings(models=[f"minilm={minilm_path}"], redis_url=None, metrics_port=None)
+
+
+def _plans(engines, batches: int):
+    """``batches`` batches of requests of several shapes: embed (two dimensions, so two engine
+    calls in one batch), an all-error batch, and a score."""
+    bodies = [{"request_id": f"e{i}", "task": "embed", "input": TEXTS[i % 4:] or TEXTS[:1]} for i in range(6)]
+    bodies += [{"request_id": "d", "task": "embed", "input": TEXTS, "dimensions": 64}]
+    bodies += [{"request_id": "s", "task": "score", "text_1": TEXTS[0], "text_2": TEXTS[1:]}]
+    stage = Preparer(engines, make_cache(None), results_topic="res", allowed_reply_topics=None, max_request_bytes=1 << 20,
+                     max_items_per_request=64)
+    prepared = stage.prepare(_records(*bodies))
+    assert all(p.error is None for p in prepared)
+    plans = [plan_batch(prepared[i::batches]) for i in range(batches)]
+    assert len({w.call for w in plans[0].work}) >= 2, "one batch should hold several engine calls"
+    return plans
+
+
+def _flat(computed):
+    return [r for outcomes, _seconds in computed for outcome in outcomes for r in outcome]
+
+
+def test_same_results_in_order_then_a_dead_process_fails_what_is_in_flight(engines, minilm_path):
+    process = ModelProcess(_settings(minilm_path)).spawn()
+    try:
+        process.wait_ready({"minilm": engines["minilm"].model.fingerprint})
+        plans = _plans(engines, 3)
+        got: list[tuple[int, object]] = []
+        all_done = threading.Event()
+
+        def done_for(i):
+            def done(computed):
+                got.append((i, computed))
+                if len(got) == len(plans):
+                    all_done.set()
+            return done
+
+        for i, plan in enumerate(plans):  # three batches sent back to back: two in flight at a time
+            process.run(plan.work, done_for(i))
+        assert all_done.wait(60)
+        assert [i for i, _ in got] == [0, 1, 2]
+        for (i, computed), plan in zip(got, plans):
+            local = [compute(w) for w in plan.work]
+            theirs, ours = _flat(computed), _flat(local)
+            assert len(theirs) == len(ours) > 0
+            for a, b in zip(theirs, ours):
+                assert a.num_tokens == b.num_tokens
+                assert np.array_equal(np.asarray(a.data), np.asarray(b.data)), f"batch {i}"
+
+        # the process dies with a batch in flight: that batch fails, and so does any later one
+        failed = threading.Event()
+        outcome: list[object] = []
+        os.kill(process.process.pid, signal.SIGSTOP)  # hold it, so the batch is surely in flight when it dies
+        process.run(plans[0].work, lambda computed: (outcome.append(computed), failed.set()))
+        os.kill(process.process.pid, signal.SIGKILL)
+        assert failed.wait(30)
+        assert isinstance(outcome[0], ModelProcessDied)
+        with pytest.raises(ModelProcessDied):
+            process.run(plans[1].work, lambda computed: pytest.fail("no answer from a dead process"))
+    finally:
+        process.close()
+
+
+def test_other_weights_than_the_workers_are_refused(engines, minilm_path):
+    process = ModelProcess(_settings(minilm_path)).spawn()
+    try:
+        with pytest.raises(ModelProcessDied, match="other models"):
+            process.wait_ready({"minilm": "not-" + engines["minilm"].model.fingerprint})
+    finally:
+        process.close()
+
+
+def test_a_model_that_does_not_load_stops_the_start(tmp_path):
+    process = ModelProcess(WorkerSettings(models=[f"broken={tmp_path}"], redis_url=None, metrics_port=None)).spawn()
+    try:
+        with pytest.raises(ModelProcessDied, match="could not load"):
+            process.wait_ready({})
+    finally:
+        process.close()
