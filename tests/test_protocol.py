@@ -658,3 +658,40 @@ def test_fuzz_random_bytes(value, headers):
 def test_fuzz_json_like_objects(body, ascii_only, headers, cut):
     value = serialise(body, ascii_only)
     answer(value if cut is None else value[:cut], headers)
+
+
+# ------------------------------------------------------------------------------------------------
+# The orjson fast path of decoding: it decides only what ``json`` would decide the same way
+# ------------------------------------------------------------------------------------------------
+_JSON_SCALARS = (st.none() | st.booleans() | st.integers(min_value=-(2**70), max_value=2**70)
+                 | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=8))
+_JSON_VALUES = st.recursive(_JSON_SCALARS, lambda inner: st.lists(inner, max_size=4)
+                            | st.dictionaries(st.text(max_size=4), inner, max_size=4), max_leaves=12)
+
+
+@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
+@given(st.dictionaries(st.text(max_size=4), _JSON_VALUES, max_size=5), st.booleans())
+def test_fast_decoding_gives_what_json_gives_or_steps_aside(body, compact):
+    from poolworker.protocol.decoding import _fast_loads
+
+    text = json.dumps(body, separators=(",", ":") if compact else None, ensure_ascii=False)
+    fast = _fast_loads(text)
+    if fast is not None:
+        assert repr(fast) == repr(json.loads(text))  # same values and types (an int stays an int)
+
+
+@pytest.mark.parametrize("text", [
+    '{"a":1,"a":2}',  # a duplicate key: orjson would keep the last silently
+    '{"a":{"b":1,"b":1}}',
+    '{"a" :1,"a":2}',  # spaced, so the count of '":' cannot vouch
+    '{"a":1,"b":"\\":","a":2}',  # an escaped quote before a colon inside a string
+    '{"a":123456789012345678901234567890}',  # orjson would make it a float
+    '{"a":-9223372036854775809}',
+    '{"a":"\\ud800"}',
+    '{"a":NaN}',
+    '{"a":1e999}',
+])
+def test_fast_decoding_leaves_hostile_texts_to_the_careful_decoder(text):
+    from poolworker.protocol.decoding import _fast_loads
+
+    assert _fast_loads(text) is None

@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from itertools import accumulate
 from typing import Any
 
+import orjson
 from pydantic import ValidationError
 
 from .errors import ErrorInfo, InvalidRequest, UnparseableMessage
@@ -110,6 +111,50 @@ class _Decoder:
             return json.loads(text, parse_int=self._int, **hooks)
 
 
+_INT64 = float(2**63)
+
+
+def _fast_loads(text: str) -> dict | None:
+    """The common body decoded by orjson (several times faster than ``json`` with hooks), or
+    None when the careful ``_Decoder`` must decide. orjson refuses NaN, infinities and numbers
+    that overflow. Texts with escapes (``\\"`` in strings, ``\\u`` surrogates) go the careful
+    way, and so do texts with whitespace after a quote (perhaps between a key and its colon),
+    and any float beyond 2**63 in magnitude (orjson reads integers past 64 bits
+    as floats; ``json`` keeps them integers). Duplicate keys, which orjson merges silently, are
+    ruled out by counting: without escapes every ``"`` delimits a string and, with no
+    whitespace after a quote, every key written is one ``":`` — so as many ``":`` as keys
+    in the decoded tree means no key was written twice (a ``":`` that opens a string value only
+    makes the count larger, and then the careful path decides)."""
+    if "\\" in text or '" ' in text or '"\n' in text or '"\t' in text or '"\r' in text:
+        return None
+    try:
+        body = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return None
+    if type(body) is not dict or _keys_if_plain(body) != text.count('":'):
+        return None
+    return body
+
+
+def _keys_if_plain(value: dict) -> int:
+    """How many keys the decoded tree holds; -1 if it holds a float orjson may have made from
+    a long integer."""
+    keys = 0
+    stack: list[Any] = [value]
+    while stack:
+        item = stack.pop()
+        values = item.values() if type(item) is dict else item
+        if type(item) is dict:
+            keys += len(item)
+        for x in values:
+            kind = type(x)
+            if kind is dict or kind is list:
+                stack.append(x)
+            elif kind is float and not -_INT64 < x < _INT64:
+                return -1
+    return keys
+
+
 def _join(path: str, key: str) -> str:
     return f"{path}.{key}" if path else key
 
@@ -175,6 +220,9 @@ def _decode_body(value: bytes | None, max_request_bytes: int, max_depth: int) ->
         raise UnparseableMessage(f"not valid UTF-8 (byte {exc.start})") from None
     if text.count("[") + text.count("{") > max_depth and _nesting_depth(text) > max_depth:
         raise UnparseableMessage(f"JSON nested deeper than max_depth={max_depth}")
+    fast = _fast_loads(text)
+    if fast is not None:
+        return fast, False
     decoder = _Decoder()
     try:
         body = decoder.loads(text)
