@@ -27,9 +27,12 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 import signal
 import threading
 from collections import deque
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import replace
 from multiprocessing import get_context
 from multiprocessing.connection import Connection
@@ -44,6 +47,32 @@ log = logging.getLogger(__name__)
 
 DEPTH = 2  # batches in flight: one computing, one waiting in the pipe
 LOG_FORMAT = "%(asctime)s %(levelname)s [%(processName)s] %(name)s: %(message)s"
+
+
+def child_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    """What the model process's environment adds to the worker's: OpenMP threads that sleep
+    when their work is done (``OMP_WAIT_POLICY=PASSIVE``) unless the user chose a wait policy or
+    spin count. By default GNU OpenMP keeps its threads spinning for a while after each parallel
+    region: measured on 2 cores with a near-free model, the model process then burned a whole
+    core spinning between small forwards — the core the worker process needed for its Python."""
+    if environ.get("OMP_WAIT_POLICY") or environ.get("GOMP_SPINCOUNT"):
+        return {}
+    return {"OMP_WAIT_POLICY": "PASSIVE"}
+
+
+@contextmanager
+def _environment(extra: dict[str, str]) -> Iterator[None]:
+    """``extra`` in ``os.environ`` while a child is spawned (it starts with this environment)."""
+    previous = {name: os.environ.get(name) for name in extra}
+    os.environ.update(extra)
+    try:
+        yield
+    finally:
+        for name, value in previous.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 class ModelProcessDied(RuntimeError):
@@ -73,7 +102,8 @@ class ModelProcess:
                                    name="poolworker-model", daemon=True)
         handler = signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C during its imports
         try:
-            self.process.start()
+            with _environment(child_environment(os.environ)):
+                self.process.start()
         finally:
             signal.signal(signal.SIGINT, handler)
         down_end.close()  # the child's ends: only the child may hold them, or its death goes unseen

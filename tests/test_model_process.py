@@ -116,3 +116,11 @@ def test_a_model_that_does_not_load_stops_the_start(tmp_path):
             process.wait_ready({})
     finally:
         process.close()
+
+
+def test_openmp_threads_of_the_model_process_sleep_unless_the_user_chose():
+    from poolworker.model_process import child_environment
+
+    assert child_environment({}) == {"OMP_WAIT_POLICY": "PASSIVE"}
+    assert child_environment({"OMP_WAIT_POLICY": "ACTIVE"}) == {}
+    assert child_environment({"GOMP_SPINCOUNT": "300000"}) == {}
