@@ -134,7 +134,8 @@ class Forwards(Protocol):
 
 
 class LocalForwards:
-    """The engine calls on the calling thread (the offline path, tests, and ``--no-model-process``)."""
+    """The engine calls on the calling thread (``--no-model-process``; engines handed to a
+    ``Worker`` in tests and benchmarks)."""
 
     def run(self, work: list[ModelWork], done: Done) -> None:
         done([compute(w) for w in work])

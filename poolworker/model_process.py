@@ -176,7 +176,10 @@ class ModelProcess:
                 if not self._closing:
                     self._died(exc)
                 return
-            done = self._pending[0]
+            with self._lock:
+                if self.failure is not None:  # a failed send already answered every batch in flight
+                    return
+                done = self._pending[0]
             try:
                 done(computed)
             finally:

@@ -201,6 +201,15 @@ def test_decode_rejects_garbage() -> None:
             decode_value(raw)
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_decode_refuses_non_finite_values_as_a_miss(bad) -> None:
+    """Results are published without walking their arrays (the model stage checked them), so a
+    cached value that was not written by a worker must not bring a NaN back in."""
+    for raw in (encode_value([1.0, bad], num_tokens=2), encode_value([[1.0], [bad]], num_tokens=2), encode_value(bad, num_tokens=1)):
+        with pytest.raises(ValueError, match="NaN or an infinity"):
+            decode_value(raw)
+
+
 def test_decode_rejects_inconsistent_headers() -> None:
     vector = encode_value([1.0, 2.0, 3.0, 4.0], num_tokens=0)
     magic = vector[0]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import threading
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -163,6 +164,23 @@ def test_a_failing_request_does_not_fail_its_neighbours(engines, monkeypatch):
     finished = infer(prepared)
     assert [f.error is None for f in finished] == [True, False, True]
     assert finished[1].error.type == "internal_error" and "boom" in finished[1].error.message
+
+
+def test_a_nan_from_the_model_answers_that_request_with_an_error(engines, monkeypatch):
+    """The model stage checks what it computed, once per request: the publisher then writes
+    arrays without looking into them, so a NaN must never get past this point."""
+    prepared = preparer(engines).prepare(records(*({"request_id": f"r{i}", "task": "embed", "input": t} for i, t in enumerate(TEXTS))))
+    poisoned = prepared[1].inputs[0][1]
+
+    def broken(call, inputs):
+        results = run_call(call, inputs)
+        return [replace(r, data=np.full_like(r.data, np.nan)) if x is poisoned else r for r, x in zip(results, inputs)]
+
+    monkeypatch.setattr("poolworker.batching.run_call", broken)
+    finished = infer(prepared)
+    assert [f.error is None for f in finished] == [True, False, True]
+    assert finished[1].error.type == "internal_error" and "NaN" in finished[1].error.message
+    assert finished[1].fresh == ()  # nothing of it is cached
 
 
 def test_batches_respect_the_token_budget_and_keep_record_order(engines):
