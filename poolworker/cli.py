@@ -102,7 +102,6 @@ def run(
     """Consume pooling requests from a queue (Kafka by default) and publish results (flags > POOLWORKER_* env > --config)."""
     from .config import WorkerSettings, parse_key_values
     from .consumers.transport import TransportUnavailable
-    from .worker import serve
 
     _setup_logging(log_level)
     try:
@@ -117,7 +116,12 @@ def run(
             io_processors=io_processor or None, hf_overrides=hf_overrides or None,
         )
         if settings.processes == 1:
-            serve(settings)
+            from .model_process import start_model_process
+
+            early = start_model_process(settings)  # loads while this process imports torch
+            from .worker import serve
+
+            serve(settings, model_process=early)
             return
         from .processes import run_processes
 
@@ -142,7 +146,7 @@ def dev(
     from .broker import start_local_broker
     from .client import PoolClient
     from .config import WorkerSettings
-    from .worker import Worker
+    from .model_process import start_model_process
 
     _setup_logging("WARNING")
     logging.getLogger("kafka").setLevel(logging.ERROR)  # its IO-loop timing warnings are noise here
@@ -151,7 +155,10 @@ def dev(
                                    metrics_port=0, session_timeout_ms=4000, heartbeat_interval_ms=500,
                                    allowed_reply_topics=REPLY_TOPICS)
     typer.echo(f"broker (Tansu) on {broker.bootstrap_servers}; loading {model} ...")
-    worker = Worker(settings, dev=True)
+    early = start_model_process(settings)  # loads while this process imports torch
+    from .worker import Worker
+
+    worker = Worker(settings, dev=True, model_process=early)
     stop = threading.Event()
     thread = threading.Thread(target=worker.run, args=(stop,), name="poolworker-dev", daemon=True)
     thread.start()

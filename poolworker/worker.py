@@ -50,12 +50,17 @@ class Worker:
     """A whole worker; ``run(stop)`` blocks until ``stop`` is set and the drain has finished."""
 
     def __init__(self, settings: WorkerSettings, *, engines: Mapping[str, Engine] | None = None,
-                 cache: ResultCache | None = None, metrics: Metrics | None = None, dev: bool = False) -> None:
+                 cache: ResultCache | None = None, metrics: Metrics | None = None, dev: bool = False,
+                 model_process: ModelProcess | None = None) -> None:
         self.settings = settings
         self.metrics = metrics or Metrics()
         # Engines passed in (tests, benchmarks) are served on a thread: a model process loads its
         # own copy from the settings, which only holds when the worker loaded them the same way.
-        self.model_process = ModelProcess(settings).spawn() if engines is None and settings.model_process else None
+        # ``model_process``: one ``start_model_process`` spawned already (before torch was imported).
+        if engines is None and settings.model_process:
+            self.model_process = model_process or ModelProcess(settings).spawn()
+        else:
+            self.model_process = None
         self.engines = dict(engines) if engines is not None else self._load(settings)
         self.cache = cache or make_cache(settings.redis_url, dev=dev, ttl_s=settings.cache_ttl_s, metrics=self.metrics)
         self.metrics.info(version=__version__, models=",".join(sorted(self.engines)), transport=settings.transport)
@@ -102,8 +107,9 @@ def freeze_long_lived_objects() -> None:
     gc.freeze()
 
 
-def serve(settings: WorkerSettings) -> None:
-    """Run a worker in the foreground until SIGTERM or SIGINT."""
+def serve(settings: WorkerSettings, model_process: ModelProcess | None = None) -> None:
+    """Run a worker in the foreground until SIGTERM or SIGINT (``model_process``: spawned
+    already by ``start_model_process``, or None to spawn it here if the settings want one)."""
     log.info("starting with %s", settings.redacted())
     stop = threading.Event()
 
@@ -113,4 +119,4 @@ def serve(settings: WorkerSettings) -> None:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    Worker(settings).run(stop)
+    Worker(settings, model_process=model_process).run(stop)

@@ -29,3 +29,11 @@ def test_engine_names_are_still_importable_from_the_package():
 
     assert (poolworker.Engine, poolworker.PoolerConfig) == (Engine, PoolerConfig)
     assert set(poolworker.__all__) <= set(dir(poolworker))
+
+
+def test_the_model_process_is_spawned_before_torch_is_imported():
+    """``poolworker run`` spawns the model process first, so the two processes import torch and
+    load the models at the same time; that holds only while spawning needs no torch."""
+    loaded = modules_after("import poolworker.model_process")
+    assert "poolworker.model_process" in loaded
+    assert not {"torch", "transformers", "poolworker.engine", "poolworker.batching"} & loaded
