@@ -29,12 +29,13 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.append(str(ROOT))
-os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
@@ -59,7 +60,32 @@ def _timed(run) -> tuple[float, float]:
     return time.perf_counter() - wall, time.thread_time() - cpu
 
 
+@contextmanager
+def _one_intra_op_thread() -> Iterator[None]:
+    """One intra-op thread here and in the child (which inherits ``OMP_NUM_THREADS``), both
+    restored afterwards: a test calls ``main`` inside its own process, and a count left in the
+    environment would pin every process that test session spawns later to one thread."""
+    import torch
+
+    before_env, before_threads = os.environ.get("OMP_NUM_THREADS"), torch.get_num_threads()
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before_threads)
+        if before_env is None:
+            os.environ.pop("OMP_NUM_THREADS", None)
+        else:
+            os.environ["OMP_NUM_THREADS"] = before_env
+
+
 def main(argv: list[str] | None = None) -> dict:
+    with _one_intra_op_thread():
+        return _measure(argv)
+
+
+def _measure(argv: list[str] | None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--texts", type=int, default=5000)
     p.add_argument("--batch", type=int, default=124, help="requests per model batch (the worker's typical batch)")

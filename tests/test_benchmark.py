@@ -6,6 +6,7 @@ outputs really are sentence-transformers' outputs. ``poolworker bench --pipeline
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -173,9 +174,14 @@ def test_gil_contention_bench_times_the_model_stage_five_ways(tmp_path):
     """bench/gil_contention.py runs the worker's own model stage on real prepared requests (it
     refuses to time refused ones, and a model process that answers the wrong number of items)
     and reports each of its five conditions per text."""
+    import torch
+
+    env_before, threads_before = os.environ.get("OMP_NUM_THREADS"), torch.get_num_threads()
     from bench.gil_contention import main
 
     result = main(["--texts", "120", "--batch", "40", "--out", str(tmp_path)])
+    # its one-thread setting must not outlive it: later model processes of this session inherit the environment
+    assert (os.environ.get("OMP_NUM_THREADS"), torch.get_num_threads()) == (env_before, threads_before)
     assert len(result) == 5 and "alone" in result
     for row in result.values():
         assert row["wall_us_per_text"] > 0 and row["cpu_us_per_text"] > 0
