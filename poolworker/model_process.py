@@ -25,7 +25,6 @@ non-zero, and the unanswered records are delivered again.
 
 from __future__ import annotations
 
-import gc
 import logging
 import os
 import signal
@@ -250,15 +249,14 @@ def _serve(settings: WorkerSettings, down: Connection, up: Connection, level: in
     logging.basicConfig(level=level, format=LOG_FORMAT)
     try:
         from .batching import compute
-        from .worker import load_engines
+        from .worker import freeze_long_lived_objects, load_engines
 
         engines = load_engines(settings)
     except Exception as exc:  # reported to the worker, which stops with it
         log.exception("could not load the models")
         up.send(("error", f"{type(exc).__name__}: {exc}"))
         return
-    gc.collect()
-    gc.freeze()  # as the worker does: full collections would walk torch's millions of objects
+    freeze_long_lived_objects()  # as the worker does: full collections would walk torch's millions of objects
     up.send(("ready", {name: engine.model.fingerprint for name, engine in engines.items()}))
     while True:
         try:

@@ -277,3 +277,37 @@ def test_stop_releases_the_port_and_is_idempotent(metrics: Metrics) -> None:
     server.stop()
     with pytest.raises(OSError):
         urllib.request.urlopen(f"http://127.0.0.1:{bound}/healthz", timeout=2)
+
+
+def test_answered_requests_are_all_counted_by_the_next_scrape_even_from_many_threads(metrics: Metrics, port: int) -> None:
+    """``answered`` queues its four updates and applies them in bulk: a scrape taken while
+    four threads answer, and one after, must show exactly what was answered by then — nothing
+    lost or counted twice between the queue and the counters, however few calls were queued."""
+    import threading
+
+    from poolworker.metrics import ANSWERED_BATCH
+
+    metrics.answered("minilm", "embed", "ok", 2, 11, 0.003)
+    metrics.answered("minilm", "embed", "error", 5, 99, None)  # an error's items and tokens are not work done
+    s = scrape(port)  # two calls, far below the batch size: the scrape applies them
+    assert value(s, "poolworker_requests_total", model="minilm", task="embed", status="ok") == 1
+    assert value(s, "poolworker_requests_total", model="minilm", task="embed", status="error") == 1
+    assert value(s, "poolworker_items_total", model="minilm", task="embed") == 2
+    assert value(s, "poolworker_tokens_total", model="minilm", task="embed") == 11
+    assert value(s, "poolworker_end_to_end_seconds_count", model="minilm", task="embed") == 1
+    assert value(s, "poolworker_end_to_end_seconds_bucket", model="minilm", task="embed", le="0.005") == 1
+
+    per_thread = ANSWERED_BATCH * 3 + 17
+    threads = [threading.Thread(target=lambda: [metrics.answered("minilm", "embed", "ok", 1, 3, 0.5) for _ in range(per_thread)])
+               for _ in range(4)]
+    for t in threads:
+        t.start()
+    while any(t.is_alive() for t in threads):
+        scrape(port)  # scrapes apply the queue while the threads fill it
+    for t in threads:
+        t.join()
+    s = scrape(port)
+    assert value(s, "poolworker_requests_total", model="minilm", task="embed", status="ok") == 1 + 4 * per_thread
+    assert value(s, "poolworker_items_total", model="minilm", task="embed") == 2 + 4 * per_thread
+    assert value(s, "poolworker_tokens_total", model="minilm", task="embed") == 11 + 3 * 4 * per_thread
+    assert value(s, "poolworker_end_to_end_seconds_count", model="minilm", task="embed") == 1 + 4 * per_thread

@@ -70,7 +70,8 @@ class WorkerLoop:
     def _connect(self) -> None:
         s = self.settings
         self.transport.start()
-        self.publisher = Publisher(self.transport, self.cache, self.metrics, dlq_topic=s.dlq_topic).start()
+        self.publisher = Publisher(self.transport, self.cache, self.metrics, dlq_topic=s.dlq_topic,
+                                   served_models=self.engines).start()
         self.batcher = MicroBatcher(self.publisher.submit, max_batch_tokens=batch_budget(s, self.engines),
                                     max_batch_requests=s.max_batch_requests, max_wait_ms=s.max_wait_ms, metrics=self.metrics,
                                     forwards=self.forwards)

@@ -15,11 +15,11 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 from ..cache import ResultCache, encode_value, is_null
 from ..metrics import Metrics
-from ..protocol import ErrorInfo, PoolingRequest, encode_message, result_message
+from ..protocol import TASKS, ErrorInfo, PoolingRequest, encode_message, result_message
 from ..tasks import BINARY_FORMATS, assemble, binary_result, vector_key
 from ..work import DeadLetter, Finished, Prepared
 from .transport import RecordTooLarge, Transport
@@ -36,8 +36,10 @@ class Publisher:
     """``submit``/``submit_dead_letter`` queue work for the publisher thread (``start``);
     ``publish``/``dead_letter`` do that work synchronously (the thread's body, and tests')."""
 
-    def __init__(self, transport: Transport, cache: ResultCache, metrics: Metrics, *, dlq_topic: str) -> None:
+    def __init__(self, transport: Transport, cache: ResultCache, metrics: Metrics, *, dlq_topic: str,
+                 served_models: Collection[str] = ()) -> None:
         self.transport = transport
+        self.served_models = frozenset(served_models)  # the only model names metrics label requests with
         self.cache = cache
         self.caching = not is_null(cache)
         self.metrics = metrics
@@ -149,13 +151,9 @@ class Publisher:
 
         def acked() -> None:
             self.transport.finish(p.source)
-            model, task = p.model or "unknown", p.task or "unknown"
-            self.metrics.request(model, task, status)
-            if error is None:
-                self.metrics.items(model, task, items)
-                self.metrics.tokens(model, task, tokens)
-            if p.source.timestamp_ms:
-                self.metrics.end_to_end(model, task, max(0.0, time.time() - p.source.timestamp_ms / 1000))
+            stamp = p.source.timestamp_ms
+            self.metrics.answered(self._model_label(p.model), p.task if p.task in TASKS else "unknown", status,
+                                  items, tokens, max(0.0, time.time() - stamp / 1000) if stamp else None)
 
         try:
             self._send(p.reply_topic, p.source.key, value, headers, acked)
@@ -172,6 +170,11 @@ class Publisher:
             bare = encode_message(result_message(request_id=p.request_id, task=p.task, model=p.model, metadata=None,
                                                  error=too_large))
             self._send_result(p, bare, too_large, 0, 0)
+
+    def _model_label(self, model: str | None) -> str:
+        """A served model's name, else ``unknown``: an error result may carry whatever name the
+        caller sent, and each distinct label value would be a new series kept for good."""
+        return model if model in self.served_models else "unknown"
 
     # -- dead letters ----------------------------------------------------------------------------
     def dead_letter(self, letter: DeadLetter) -> None:

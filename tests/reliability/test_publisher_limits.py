@@ -73,3 +73,28 @@ def test_a_result_too_large_becomes_an_error_without_metadata_or_a_dead_letter()
     assert topic0 == "res" and b'"result_too_large"' in value0 and b'"metadata":null' in value0
     assert headers0["status"] == b"error"
     assert topic1 == "dlq" and len(key1) == DLQ_KEY_PREFIX_BYTES and headers1["dlq.reason"].startswith(b"result_too_large")
+
+
+def test_metrics_label_requests_only_with_served_model_names_and_known_tasks():
+    """Error results echo whatever model and task the caller sent; as metric labels those would
+    grow one series per invented name, kept for good. Only served names and real tasks label."""
+    producer = _Producer()
+    transport = kafka_transport_over(producer)
+    metrics = Metrics()
+    publisher = Publisher(transport, make_cache(None), metrics, dlq_topic="dlq", served_models={"minilm"})
+    wrong = ErrorInfo(type="unknown_model", message="not served", param="model")
+    answers = [("minilm", "embed"), ("made-up-1", "embed"), ("made-up-2", "no-such-task"), (None, None)]
+    for offset, (model, task) in enumerate(answers):
+        transport.tracker.add(TopicPartition("req", 0), offset)
+        source = Source("req", 0, offset, None, None)
+        publisher.publish([Finished(Prepared(source, f"r{offset}", task, model, "res"), error=wrong)])
+    assert len(producer.sent) == 4
+
+    def count(model, task):
+        return metrics.registry.get_sample_value("poolworker_requests_total", {"model": model, "task": task, "status": "error"})
+
+    assert count("minilm", "embed") == 1
+    assert count("unknown", "embed") == 1
+    assert count("unknown", "unknown") == 2
+    labelled = {s.labels["model"] for m in metrics.registry.collect() if m.name == "poolworker_requests" for s in m.samples}
+    assert labelled == {"minilm", "unknown"}
