@@ -94,7 +94,8 @@ class ModelProcess:
         self.settings = settings
         self.failure: ModelProcessDied | None = None
         self._slots = threading.Semaphore(depth)
-        self._pending: deque[Done] = deque()  # one per batch sent, in order; only the reader pops
+        self._pending: deque[Done] = deque()  # one per batch sent, in order; the reader pops after answering
+        self._answering = False  # the reader is calling the oldest batch's callback (under _lock)
         self._lock = threading.Lock()
         self._closing = False
         self._reader: threading.Thread | None = None
@@ -186,15 +187,20 @@ class ModelProcess:
             with self._lock:
                 if self.failure is not None:  # a failed send already answered every batch in flight
                     return
-                done = self._pending[0]
+                done = self._pending[0]  # stays queued while answered: a later empty batch must wait for it
+                self._answering = True
             try:
                 done(computed)
             finally:
                 with self._lock:
-                    self._pending.popleft()
+                    self._answering = False
+                    if self._pending and self._pending[0] is done:  # else _died cleared the queue meanwhile
+                        self._pending.popleft()
                 self._slots.release()
 
     def _died(self, exc: BaseException) -> None:
+        """Fail every batch in flight, except one the reply thread is answering with its
+        results right now (a send that failed meanwhile must not answer it a second time)."""
         self.process.join(1.0)
         failure = ModelProcessDied(f"the model process (pid {self.process.pid}) ended with code {self.process.exitcode}")
         failure.__cause__ = exc
@@ -202,7 +208,7 @@ class ModelProcess:
             if self.failure is not None:
                 return
             self.failure = failure
-            pending = list(self._pending)
+            pending = list(self._pending)[1:] if self._answering else list(self._pending)
             self._pending.clear()
         for done in pending:
             done(failure)

@@ -124,3 +124,40 @@ def test_openmp_threads_of_the_model_process_sleep_unless_the_user_chose():
     assert child_environment({}) == {"OMP_WAIT_POLICY": "PASSIVE"}
     assert child_environment({"OMP_WAIT_POLICY": "ACTIVE"}) == {}
     assert child_environment({"GOMP_SPINCOUNT": "300000"}) == {}
+
+
+def test_a_send_failing_while_a_batch_is_being_answered_answers_each_batch_once(engines, minilm_path):
+    """The reply thread is inside batch 0's callback (with its results) when the process dies
+    and the next batch's send fails: batch 0 keeps its results, batch 1 fails, each answered
+    once, and the reply thread ends without an error of its own."""
+    process = ModelProcess(_settings(minilm_path)).spawn()
+    crashed: list[BaseException] = []
+    previous_hook = threading.excepthook
+    threading.excepthook = lambda args: crashed.append(args.exc_value)
+    try:
+        process.wait_ready({"minilm": engines["minilm"].model.fingerprint})
+        plans = _plans(engines, 2)
+        answers: dict[int, list[object]] = {0: [], 1: []}
+        inside, release, failed = threading.Event(), threading.Event(), threading.Event()
+
+        def first(computed):
+            answers[0].append(computed)
+            inside.set()
+            release.wait(30)
+
+        process.run(plans[0].work, first)
+        assert inside.wait(60)
+        os.kill(process.process.pid, signal.SIGKILL)
+        process.process.join(30)
+        process.run(plans[1].work, lambda computed: (answers[1].append(computed), failed.set()))  # the send fails
+        assert failed.wait(30)
+        release.set()
+        process._reader.join(30)
+        assert not process._reader.is_alive()
+        assert len(answers[0]) == 1 and not isinstance(answers[0][0], BaseException)
+        assert len(answers[1]) == 1 and isinstance(answers[1][0], ModelProcessDied)
+        assert crashed == []
+    finally:
+        release.set()
+        threading.excepthook = previous_hook
+        process.close()
