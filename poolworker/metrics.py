@@ -27,6 +27,8 @@ LATENCY_BUCKETS: tuple[float, ...] = (
 # Powers of two: batchers cap sizes at powers of two, so bucket edges land on the caps.
 BATCH_SIZE_BUCKETS: tuple[float, ...] = tuple(float(2**i) for i in range(13))  # 1 .. 4096
 BATCH_TOKEN_BUCKETS: tuple[float, ...] = tuple(float(2**i) for i in range(4, 18))  # 16 .. 131072
+IGNORED_FIELD_NAMES = 100  # distinct ignored-field names counted by name; later ones as IGNORED_FIELD_OTHER
+IGNORED_FIELD_OTHER = "other"
 ANSWERED_BATCH = 256  # ``Metrics.answered`` calls queued before they are applied (a scrape applies them too)
 
 
@@ -111,6 +113,7 @@ class Metrics:
             buckets=LATENCY_BUCKETS, registry=None,
         )
         self._answered: deque[tuple[str, str, str, int, int, float | None]] = deque()
+        self._ignored_names: set[str] = set()  # the ignored-field names that have a series (see ignored_field)
         r.register(_AnsweredCollector(self, (self._requests, self._items, self._tokens, self._end_to_end)))
 
         self._lag = Gauge(
@@ -195,8 +198,17 @@ class Metrics:
         self._dlq.labels(reason).inc()
 
     def ignored_field(self, name: str) -> None:
-        """An unknown field a request carried (answered with a warning naming it)."""
-        self._ignored_fields.labels(name[:64]).inc()
+        """An unknown field a request carried (answered with a warning naming it). The names
+        are the callers': the first ``IGNORED_FIELD_NAMES`` distinct ones get a series each, any
+        later one counts under ``other`` — a client sending invented names cannot grow the
+        worker's series without bound."""
+        name = name[:64]
+        if name not in self._ignored_names:
+            if len(self._ignored_names) >= IGNORED_FIELD_NAMES:
+                name = IGNORED_FIELD_OTHER
+            else:
+                self._ignored_names.add(name)
+        self._ignored_fields.labels(name).inc()
 
     def expired(self, model: str, task: str) -> None:
         """A request whose deadline passed before its forward pass (answered ``expired``)."""

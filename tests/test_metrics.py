@@ -311,3 +311,16 @@ def test_answered_requests_are_all_counted_by_the_next_scrape_even_from_many_thr
     assert value(s, "poolworker_items_total", model="minilm", task="embed") == 2 + 4 * per_thread
     assert value(s, "poolworker_tokens_total", model="minilm", task="embed") == 11 + 3 * 4 * per_thread
     assert value(s, "poolworker_end_to_end_seconds_count", model="minilm", task="embed") == 1 + 4 * per_thread
+
+
+def test_ignored_field_names_are_capped_so_callers_cannot_grow_the_series(metrics: Metrics, port: int) -> None:
+    from poolworker.metrics import IGNORED_FIELD_NAMES, IGNORED_FIELD_OTHER
+
+    for i in range(IGNORED_FIELD_NAMES + 50):
+        metrics.ignored_field(f"invented_{i}")
+    metrics.ignored_field("invented_0")  # a name with a series keeps counting under its own name
+    s = scrape(port)
+    named = {sample.labels["field"] for sample in s if sample.name == "poolworker_ignored_fields_total"}
+    assert len(named) == IGNORED_FIELD_NAMES + 1 and IGNORED_FIELD_OTHER in named
+    assert value(s, "poolworker_ignored_fields_total", field="invented_0") == 2
+    assert value(s, "poolworker_ignored_fields_total", field=IGNORED_FIELD_OTHER) == 50
