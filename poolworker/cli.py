@@ -116,12 +116,9 @@ def run(
             io_processors=io_processor or None, hf_overrides=hf_overrides or None,
         )
         if settings.processes == 1:
-            from .model_process import start_model_process
+            from .model_process import serve_with_early_model_process
 
-            early = start_model_process(settings)  # loads while this process imports torch
-            from .worker import serve
-
-            serve(settings, model_process=early)
+            serve_with_early_model_process(settings)
             return
         from .processes import run_processes
 

@@ -56,6 +56,15 @@ def start_model_process(settings: WorkerSettings) -> ModelProcess | None:
     return ModelProcess(settings).spawn() if settings.model_process else None
 
 
+def serve_with_early_model_process(settings: WorkerSettings) -> None:
+    """``worker.serve`` in the foreground, its model process spawned first
+    (``start_model_process``): how ``poolworker run`` and each ``--processes`` child start."""
+    early = start_model_process(settings)
+    from .worker import serve  # imports torch: only after the spawn
+
+    serve(settings, model_process=early)
+
+
 def child_environment(environ: Mapping[str, str]) -> dict[str, str]:
     """What the model process's environment adds to the worker's: OpenMP threads that sleep
     when their work is done (``OMP_WAIT_POLICY=PASSIVE``) unless the user chose a wait policy or

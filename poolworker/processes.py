@@ -83,12 +83,9 @@ def _child_main(settings: WorkerSettings, log_level: str, parent_pid: int) -> No
     drained = threading.Event()
     atexit.register(_exit_now_if, drained)  # registered first, so it runs after every other exit handler
     # torch read OMP_NUM_THREADS at import, from the environment the parent gave us
-    from .model_process import start_model_process
+    from .model_process import serve_with_early_model_process
 
-    early = start_model_process(settings)  # loads while this process imports torch
-    from .worker import serve
-
-    serve(settings, model_process=early)
+    serve_with_early_model_process(settings)
     drained.set()
 
 

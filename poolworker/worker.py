@@ -17,7 +17,7 @@ from .config import WorkerSettings, parse_model_options, parse_model_specs
 from .consumers.loop import WorkerLoop
 from .engine import Engine
 from .metrics import Metrics, MetricsServer
-from .model_process import ModelProcess
+from .model_process import ModelProcess, start_model_process
 from .plugins.interface import IOProcessor
 
 log = logging.getLogger(__name__)
@@ -58,7 +58,7 @@ class Worker:
         # own copy from the settings, which only holds when the worker loaded them the same way.
         # ``model_process``: one ``start_model_process`` spawned already (before torch was imported).
         if engines is None and settings.model_process:
-            self.model_process = model_process or ModelProcess(settings).spawn()
+            self.model_process = model_process or start_model_process(settings)
         else:
             self.model_process = None
         self.engines = dict(engines) if engines is not None else self._load(settings)
