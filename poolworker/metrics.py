@@ -10,13 +10,17 @@ from __future__ import annotations
 
 import threading
 import time
+from bisect import bisect_left
 from collections import deque
 from collections.abc import Iterator
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from itertools import accumulate
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.exposition import choose_encoder
+from prometheus_client.metrics_core import HistogramMetricFamily
+from prometheus_client.utils import floatToGoString
 
 __all__ = ["Metrics", "MetricsServer"]
 
@@ -30,6 +34,44 @@ BATCH_TOKEN_BUCKETS: tuple[float, ...] = tuple(float(2**i) for i in range(4, 18)
 IGNORED_FIELD_NAMES = 100  # distinct ignored-field names counted by name; later ones as IGNORED_FIELD_OTHER
 IGNORED_FIELD_OTHER = "other"
 ANSWERED_BATCH = 256  # ``Metrics.answered`` calls queued before they are applied (a scrape applies them too)
+
+
+class _LatencyHistogram:
+    """A labelled Prometheus histogram over ``LATENCY_BUCKETS`` kept as plain counts, for the
+    per-request end-to-end latency: ``observe_many`` takes a whole bulk of ``answered`` calls
+    under one lock, where prometheus-client's ``Histogram`` takes two locks per observation
+    (its bucket and its sum). Exposed exactly as a ``Histogram`` is: cumulative ``_bucket``
+    series with ``le``, ``_count`` and ``_sum``."""
+
+    def __init__(self, name: str, documentation: str, labelnames: tuple[str, ...]) -> None:
+        self.name, self.documentation, self.labelnames = name, documentation, labelnames
+        self._bounds = list(LATENCY_BUCKETS)
+        self._les = [floatToGoString(b) for b in LATENCY_BUCKETS] + ["+Inf"]
+        self._lock = threading.Lock()
+        self._series: dict[tuple[str, ...], tuple[list[int], list[float]]] = {}  # labels → (counts per bucket, [sum])
+
+    def observe_many(self, observations: list[tuple[tuple[str, ...], float]]) -> None:
+        with self._lock:
+            for labels, value in observations:
+                series = self._series.get(labels)
+                if series is None:
+                    series = self._series[labels] = ([0] * len(self._les), [0.0])
+                series[0][bisect_left(self._bounds, value)] += 1  # the first bucket whose bound is >= value
+                series[1][0] += value
+
+    def _family(self) -> HistogramMetricFamily:
+        return HistogramMetricFamily(self.name, self.documentation, labels=list(self.labelnames))
+
+    def describe(self) -> Iterator:
+        yield self._family()
+
+    def collect(self) -> Iterator:
+        family = self._family()
+        with self._lock:
+            snapshot = [(labels, list(counts), total[0]) for labels, (counts, total) in self._series.items()]
+        for labels, counts, total in snapshot:
+            family.add_metric(list(labels), list(zip(self._les, accumulate(counts))), total)
+        yield family
 
 
 class _AnsweredCollector:
@@ -107,10 +149,8 @@ class Metrics:
             "poolworker_inference_seconds", "Model forward time per batch.", ["model"],
             buckets=LATENCY_BUCKETS, registry=r,
         )
-        self._end_to_end = Histogram(
-            "poolworker_end_to_end_seconds",
-            "Kafka record timestamp to result acknowledgement.", ["model", "task"],
-            buckets=LATENCY_BUCKETS, registry=None,
+        self._end_to_end = _LatencyHistogram(
+            "poolworker_end_to_end_seconds", "Kafka record timestamp to result acknowledgement.", ("model", "task"),
         )
         self._answered: deque[tuple[str, str, str, int, int, float | None]] = deque()
         self._ignored_names: set[str] = set()  # the ignored-field names that have a series (see ignored_field)
@@ -163,7 +203,7 @@ class Metrics:
         observation per latency. Safe from any thread (the queue is popped item by item)."""
         counts: dict[tuple[str, str, str], int] = {}
         work: dict[tuple[str, str], list[int]] = {}
-        latencies: list[tuple[str, str, float]] = []
+        latencies: list[tuple[tuple[str, str], float]] = []
         queue = self._answered
         while True:
             try:
@@ -176,14 +216,13 @@ class Metrics:
                 done[0] += items
                 done[1] += tokens
             if seconds is not None:
-                latencies.append((model, task, seconds))
+                latencies.append(((model, task), seconds))
         for (model, task, status), n in counts.items():
             self.request(model, task, status, n)
         for (model, task), (items, tokens) in work.items():
             self.items(model, task, items)
             self.tokens(model, task, tokens)
-        for model, task, seconds in latencies:
-            self.end_to_end(model, task, seconds)
+        self._end_to_end.observe_many(latencies)
 
     def request(self, model: str, task: str, status: str, n: int = 1) -> None:
         self._child(self._requests, model, task, status).inc(n)
@@ -236,7 +275,7 @@ class Metrics:
         self._child(self._inference, model).observe(seconds)
 
     def end_to_end(self, model: str, task: str, seconds: float) -> None:
-        self._child(self._end_to_end, model, task).observe(seconds)
+        self._end_to_end.observe_many([((model, task), seconds)])
 
     # -- gauges ----------------------------------------------------------------------------
     def lag(self, topic: str, partition: int, value: int) -> None:

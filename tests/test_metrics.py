@@ -324,3 +324,33 @@ def test_ignored_field_names_are_capped_so_callers_cannot_grow_the_series(metric
     assert len(named) == IGNORED_FIELD_NAMES + 1 and IGNORED_FIELD_OTHER in named
     assert value(s, "poolworker_ignored_fields_total", field="invented_0") == 2
     assert value(s, "poolworker_ignored_fields_total", field=IGNORED_FIELD_OTHER) == 50
+
+
+def test_end_to_end_latency_is_exposed_exactly_as_prometheus_clients_histogram(metrics: Metrics) -> None:
+    """The end-to-end histogram keeps plain counts (one lock per bulk of answered requests);
+    its samples must be the ones prometheus-client's own ``Histogram`` gives for the same
+    observations — bucket edges included, values on an edge, beyond the last edge, zero."""
+    import random
+
+    from prometheus_client import Histogram
+
+    from poolworker.metrics import LATENCY_BUCKETS
+
+    reference = CollectorRegistry()
+    histogram = Histogram("poolworker_end_to_end_seconds", "reference", ["model", "task"], buckets=LATENCY_BUCKETS,
+                          registry=reference)
+    rng = random.Random(7)
+    for i in range(2000):
+        seconds = rng.choice((*LATENCY_BUCKETS, 0.0, 120.0)) if i % 3 == 0 else rng.expovariate(2.0)
+        task = ("embed", "score")[i % 2]
+        metrics.answered("minilm", task, "ok", 1, 4, seconds)
+        histogram.labels("minilm", task).observe(seconds)
+    metrics.end_to_end("minilm", "embed", 0.02)  # observed directly, not through answered
+    histogram.labels("minilm", "embed").observe(0.02)
+
+    def samples(registry: CollectorRegistry) -> list:
+        return sorted((s.name, sorted(s.labels.items()), round(s.value, 9)) for family in registry.collect()
+                      if family.name == "poolworker_end_to_end_seconds" for s in family.samples if not s.name.endswith("_created"))
+
+    ours = samples(metrics.registry)
+    assert ours == samples(reference) and len(ours) == 2 * (len(LATENCY_BUCKETS) + 3)
