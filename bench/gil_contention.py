@@ -67,17 +67,15 @@ def _one_intra_op_thread() -> Iterator[None]:
     environment would pin every process that test session spawns later to one thread."""
     import torch
 
-    before_env, before_threads = os.environ.get("OMP_NUM_THREADS"), torch.get_num_threads()
-    os.environ["OMP_NUM_THREADS"] = "1"
+    from poolworker.model_process import temporary_environment
+
+    before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        yield
+        with temporary_environment({"OMP_NUM_THREADS": "1"}):
+            yield
     finally:
-        torch.set_num_threads(before_threads)
-        if before_env is None:
-            os.environ.pop("OMP_NUM_THREADS", None)
-        else:
-            os.environ["OMP_NUM_THREADS"] = before_env
+        torch.set_num_threads(before)
 
 
 def main(argv: list[str] | None = None) -> dict:

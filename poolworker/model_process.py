@@ -77,8 +77,9 @@ def child_environment(environ: Mapping[str, str]) -> dict[str, str]:
 
 
 @contextmanager
-def _environment(extra: dict[str, str]) -> Iterator[None]:
-    """``extra`` in ``os.environ`` while a child is spawned (it starts with this environment)."""
+def temporary_environment(extra: dict[str, str]) -> Iterator[None]:
+    """``extra`` in ``os.environ`` for the ``with`` block, then the previous values back (a child
+    spawned inside starts with this environment)."""
     previous = {name: os.environ.get(name) for name in extra}
     os.environ.update(extra)
     try:
@@ -119,7 +120,7 @@ class ModelProcess:
                                    name="poolworker-model", daemon=True)
         handler = signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C during its imports
         try:
-            with _environment(child_environment(os.environ)):
+            with temporary_environment(child_environment(os.environ)):
                 self.process.start()
         finally:
             signal.signal(signal.SIGINT, handler)

@@ -57,10 +57,7 @@ class Worker:
         # Engines passed in (tests, benchmarks) are served on a thread: a model process loads its
         # own copy from the settings, which only holds when the worker loaded them the same way.
         # ``model_process``: one ``start_model_process`` spawned already (before torch was imported).
-        if engines is None and settings.model_process:
-            self.model_process = model_process or start_model_process(settings)
-        else:
-            self.model_process = None
+        self.model_process = (model_process or start_model_process(settings)) if engines is None else None
         self.engines = dict(engines) if engines is not None else self._load(settings)
         self.cache = cache or make_cache(settings.redis_url, dev=dev, ttl_s=settings.cache_ttl_s, metrics=self.metrics)
         self.metrics.info(version=__version__, models=",".join(sorted(self.engines)), transport=settings.transport)
