@@ -164,7 +164,10 @@ class PromptTokenizer:
         split = bool(getattr(self.tokenizer, "split_special_tokens", False))
         if backend.encode_special_tokens != split:
             backend.encode_special_tokens = split
-        return [e.ids for e in backend.encode_batch(texts, add_special_tokens=trunc.special_tokens)]
+        # encode_batch_fast (tokenizers >= 0.21) skips the character offsets we never read: the
+        # same ids for a fifth less of the tokenizer's time; older versions have only encode_batch
+        encode = getattr(backend, "encode_batch_fast", None) or backend.encode_batch
+        return [e.ids for e in encode(texts, add_special_tokens=trunc.special_tokens)]
 
     def encode_each(self, prompts: Sequence[Prompt], trunc: Truncation, labels: Sequence[str]) -> list[list[int] | EngineError]:
         """Token ids for each prompt, truncated as requested, or the error that prompt alone
