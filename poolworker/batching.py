@@ -226,7 +226,8 @@ class MicroBatcher:
         self.metrics = metrics
         self.forwards = forwards or LocalForwards()
         self.failure: BaseException | None = None
-        self._queue: deque[Prepared] = deque()
+        # (when it was queued, the request): the wait for a batch to fill runs from the first's arrival
+        self._queue: deque[tuple[float, Prepared]] = deque()
         self._cond = threading.Condition()
         self._inflight = 0  # batches taken and not yet handed off
         self._stopping = False
@@ -244,8 +245,9 @@ class MicroBatcher:
     def submit(self, prepared: list[Prepared]) -> None:
         if not prepared:
             return
+        now = time.monotonic()
         with self._cond:
-            self._queue.extend(prepared)
+            self._queue.extend((now, p) for p in prepared)
             self._cond.notify_all()
 
     def pending(self) -> int:
@@ -271,14 +273,14 @@ class MicroBatcher:
         if self._thread.is_alive():
             self._thread.join(timeout_s)
 
-    def _take_batch(self) -> list[Prepared] | None:
+    def _take_batch(self) -> list[tuple[float, Prepared]] | None:
         """Block for the first request, then fill the batch until budget, size or deadline."""
         with self._cond:
             while not self._queue and not self._stopping and self.failure is None:
                 self._cond.wait()
             if not self._queue or self.failure is not None:
                 return None
-            deadline = self._queue[0].enqueued_at + self.max_wait_s
+            deadline = self._queue[0][0] + self.max_wait_s
             while True:
                 size, tokens = self._fits()
                 full = size < len(self._queue) or size >= self.max_batch_requests or tokens >= self.max_batch_tokens
@@ -293,7 +295,7 @@ class MicroBatcher:
     def _fits(self) -> tuple[int, int]:
         """How many queued requests the next batch takes, and their tokens."""
         size = tokens = 0
-        for prepared in self._queue:
+        for _, prepared in self._queue:
             cost = prepared.cost_tokens
             if size and (size >= self.max_batch_requests or tokens + cost > self.max_batch_tokens):
                 break
@@ -302,11 +304,12 @@ class MicroBatcher:
         return size, tokens
 
     def _loop(self) -> None:
-        while (batch := self._take_batch()) is not None:
+        while (queued := self._take_batch()) is not None:
             if self.metrics is not None:
                 now = time.monotonic()
-                for prepared in batch:
-                    self.metrics.queue_wait(now - prepared.enqueued_at)
+                for since, _ in queued:
+                    self.metrics.queue_wait(now - since)
+            batch = [prepared for _, prepared in queued]
             try:
                 plan = plan_batch(batch, self.metrics)
             except Exception:
