@@ -23,8 +23,9 @@ from .plugins.interface import IOProcessor
 log = logging.getLogger(__name__)
 
 
-def load_engines(settings: WorkerSettings) -> dict[str, Engine]:
-    """Every ``--model``, loaded once, under the name requests route by."""
+def load_engines(settings: WorkerSettings, *, weights: bool = True) -> dict[str, Engine]:
+    """Every ``--model``, loaded once, under the name requests route by (``weights=False``:
+    everything but the weights, for a worker process whose model process runs the forwards)."""
     engines = {}
     specs = parse_model_specs(settings.models)
     overrides = parse_model_options(settings.hf_overrides, specs, "--hf-overrides")
@@ -32,7 +33,7 @@ def load_engines(settings: WorkerSettings) -> dict[str, Engine]:
         log.info("loading model %s from %s", name, path)
         engines[name] = Engine(path, device=settings.device, dtype=settings.dtype, max_batch_tokens=settings.max_batch_tokens,
                                trust_remote_code=settings.trust_remote_code, allow_pickle=settings.allow_pickle,
-                               hf_overrides=overrides.get(name))
+                               hf_overrides=overrides.get(name), weights=weights)
     return engines
 
 
@@ -69,9 +70,10 @@ class Worker:
 
     def _load(self, settings: WorkerSettings) -> dict[str, Engine]:
         """The worker's own engines (tokenizers, option checks), loaded while the model process
-        loads its copy; then the two are checked to hold the same models."""
+        loads its copy; then the two are checked to hold the same models. With a model process
+        the worker's engines hold no weights: one copy per worker, on the device only once."""
         try:
-            engines = load_engines(settings)
+            engines = load_engines(settings, weights=self.model_process is None)
             if self.model_process is not None:
                 self.model_process.wait_ready({name: engine.model.fingerprint for name, engine in engines.items()})
         except BaseException:

@@ -44,6 +44,14 @@ def splade_path() -> Path:
     return path
 
 
+def engine_tensors(engine) -> list[torch.Tensor]:
+    """Every parameter and buffer an engine's model holds (backbone, packed backbone, ST Dense
+    projector, masked-LM head): where they live says whether the engine holds weights."""
+    m = engine.model
+    modules = [x for x in (m.backbone, m.packed, m.projector, m.mlm_head) if x is not None]
+    return [t for module in modules for t in (*module.parameters(), *module.buffers())]
+
+
 def corpus_path() -> Path:
     """``<repo root>/../shared/corpus/docstrings.jsonl``."""
     repo_root = Path(__file__).resolve().parent.parent

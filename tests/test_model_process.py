@@ -11,6 +11,7 @@ import threading
 
 import numpy as np
 import pytest
+from builders import engine_tensors
 
 from poolworker.batching import compute, plan_batch
 from poolworker.cache import make_cache
@@ -161,3 +162,33 @@ def test_a_send_failing_while_a_batch_is_being_answered_answers_each_batch_once(
         release.set()
         threading.excepthook = previous_hook
         process.close()
+
+
+def test_a_worker_with_a_model_process_keeps_no_weights_and_its_plans_compute_the_same(engines, minilm_path):
+    """The worker process loads its engines without weights (the model process holds the only
+    copy): every tensor on the meta device, the same facts as the full engine, and its plans give
+    what the full engine's plans give on this thread, bit for bit."""
+    from poolworker.worker import Worker
+
+    worker = Worker(_settings(minilm_path))
+    try:
+        light, full = worker.engines["minilm"], engines["minilm"]
+        assert worker.model_process is not None
+        assert engine_tensors(light) and all(t.device.type == "meta" for t in engine_tensors(light))
+        assert all(t.device.type == "cpu" for t in engine_tensors(full))
+        assert light.describe() == full.describe()  # device, dtype, fingerprint, forward path, limits
+        assert light.runner.max_batch_tokens == full.runner.max_batch_tokens
+        ours, theirs = _plans(worker.engines, 2), _plans(engines, 2)
+        got: list = []
+        all_done = threading.Event()
+        for plan in ours:
+            worker.model_process.run(plan.work, lambda computed: (got.append(computed), len(got) == len(ours) and all_done.set()))
+        assert all_done.wait(60)
+        for computed, plan in zip(got, theirs):
+            remote, local = _flat(computed), _flat([compute(w) for w in plan.work])
+            assert len(remote) == len(local) > 0
+            for a, b in zip(remote, local):
+                assert a.num_tokens == b.num_tokens
+                assert np.array_equal(np.asarray(a.data), np.asarray(b.data))
+    finally:
+        worker.model_process.close()

@@ -80,7 +80,9 @@ class Engine:
     a model spec file (``model_spec.py``) carrying those two options, which is how the worker's
     ``--model NAME=PATH`` passes them. Weights load from
     safetensors only unless ``allow_pickle=True``; remote code runs only with
-    ``trust_remote_code=True``.
+    ``trust_remote_code=True``. ``weights=False`` loads everything but the weights (a worker
+    process tokenizes and checks options while its model process runs the forwards); such an
+    engine refuses to run a forward pass (``WeightsNotLoaded``).
     """
 
     def __init__(
@@ -98,6 +100,7 @@ class Engine:
         max_batch_tokens: int | None = None,
         hf_overrides: dict | str | None = None,
         score_template: str | None = None,
+        weights: bool = True,
     ) -> None:
         if isinstance(pooler_config, dict):
             pooler_config = PoolerConfig(**pooler_config)
@@ -115,6 +118,7 @@ class Engine:
             allow_pickle=allow_pickle,
             hf_overrides=self.hf_overrides,
             score_template=score_template,
+            weights=weights,
         )
         self.score_template: ScoreTemplate | None = self.model.score_template
         self.pooler = Pooler(self.model, self.pooler_config)

@@ -103,6 +103,10 @@ class LoadedModel:
     score_template: ScoreTemplate | None = None
     # PyLate's query/document input preparation and output filtering (pylate.py).
     pylate: PyLatePreparation | None = None
+    # False: loaded for everything but the forwards (tokenizer, limits, heads' shapes, the
+    # fingerprint), its tensors released to the meta device; ``device``/``dtype`` still name
+    # where the model runs, so every decision made from them is the one the serving copy makes.
+    weights: bool = True
 
     @property
     def num_labels(self) -> int:
@@ -245,10 +249,15 @@ def load_model(
     allow_pickle: bool = False,
     hf_overrides: dict | str | None = None,
     score_template: str | Path | None = None,
+    weights: bool = True,
 ) -> LoadedModel:
     """Resolve ``model`` offline and load everything needed to pool with it. ``hf_overrides``
     replaces config.json values first (vLLM's option; ``overrides.py`` says which keys);
-    ``score_template`` is resolved here (``score_template.py``) so the fingerprint covers it."""
+    ``score_template`` is resolved here (``score_template.py``) so the fingerprint covers it.
+
+    ``weights=False`` (a worker process whose model process runs the forwards): the same load
+    and checks, then the tensors go to the meta device instead of ``device``, so the process
+    keeps no copy of the weights and never touches the accelerator."""
     overrides = parse_hf_overrides(hf_overrides)
     path = resolve_model_path(model)
     try:
@@ -319,10 +328,11 @@ def load_model(
 
     dev = pick_device(device)
     torch_dtype = pick_dtype(dtype, config, dev)
-    keep.to(device=dev, dtype=torch_dtype).eval().requires_grad_(False)
+    place = dev if weights else torch.device("meta")
+    keep.to(device=place, dtype=torch_dtype).eval().requires_grad_(False)
     projector = load_projector(st.dense_dirs, allow_pickle=allow_pickle)
     if projector is not None:
-        projector.to(device=dev, dtype=torch_dtype).eval().requires_grad_(False)
+        projector.to(device=place, dtype=torch_dtype).eval().requires_grad_(False)
 
     if isinstance(backbone, TransformersHead):
         packed, forward_path = None, "transformers (the whole classification model on each batch)"
@@ -359,6 +369,7 @@ def load_model(
         bge_m3=bge_m3,
         score_template=template,
         pylate=pylate,
+        weights=weights,
     )
 
 

@@ -36,6 +36,11 @@ DEFAULT_PACKED_BATCH_TOKENS = {"cpu": 2048, "cuda": 65536}
 DEFAULT_MAX_BATCH_SIZE = 256
 
 
+class WeightsNotLoaded(RuntimeError):
+    """A forward pass asked of an engine loaded with ``weights=False``: a bug in the caller (a
+    worker process runs its forwards in its model process), never a request's fault."""
+
+
 @dataclass
 class Packed:
     """Hidden states of N sequences back to back; sequence i is rows ``cu[i]:cu[i+1]``."""
@@ -161,6 +166,9 @@ class Runner:
                 use_tqdm: bool = False, attended: list[int | None] | None = None) -> Iterator[tuple[list[int], Packed]]:
         """Forward batches in the order they run: the caller's indices of the batch's sequences and
         their hidden states, packed in that order."""
+        if not self.model.weights:
+            raise WeightsNotLoaded(f"{self.model.path.name} was loaded without weights (weights=False: a worker process "
+                                   "whose model process runs the forwards); it cannot run a forward pass")
         lengths = [len(x) for x in ids]
         if self.packed is not None:
             batches = plan_packed_batches(lengths, self.max_batch_tokens, self.max_batch_size)
