@@ -64,11 +64,22 @@ def _kafka_python_relay(pipeline, bootstrap: str, requests: str, results: str, n
         reader.close()
 
 
+def _cpu_seconds(pid: int) -> tuple[float, float]:
+    """CPU seconds (user + system) used so far by a worker process and by its children (the
+    model process)."""
+    import psutil
+
+    proc = psutil.Process(pid)
+    return sum(proc.cpu_times()[:2]), sum(sum(child.cpu_times()[:2]) for child in proc.children(recursive=True))
+
+
 def _worker_rate(pool, peer, messages: list[tuple[bytes, bytes]], model_spec: str, timeout_s: float) -> dict:
     """A worker process over its own copy of ``messages``: docs/s while it answers them, from
     its own counter of answered requests (``poolworker_requests_total``, scraped every 50 ms:
     nothing reads the results meanwhile, so no reader competes with the worker for the CPU);
-    then every request must be answered once and without error."""
+    then every request must be answered once and without error. Also the CPU the worker process
+    and its model process spent per request over the same span: on a VM whose speed drifts from
+    run to run, a steadier figure than docs/s (two workers' CPU per request compare in one run)."""
     import urllib.request
 
     from reliability.procs import metric_value
@@ -89,7 +100,9 @@ def _worker_rate(pool, peer, messages: list[tuple[bytes, bytes]], model_spec: st
             now = time.monotonic()
             if first is None and done > 0:
                 first = (now, done)
+                cpu_first = _cpu_seconds(worker.pid)
             if done >= n:
+                cpu_last = _cpu_seconds(worker.pid)
                 break
             if not worker.alive() or now > deadline:
                 raise RuntimeError(f"{done:.0f} of {n} answered; worker alive={worker.alive()}\n{worker.tail()}")
@@ -108,7 +121,10 @@ def _worker_rate(pool, peer, messages: list[tuple[bytes, bytes]], model_spec: st
     if distinct != n or errors:
         raise RuntimeError(f"{distinct} distinct answers of {n}, {errors} errors: not a valid run")
     seconds = max(now - first[0], 1e-3)
-    return {"docs": n, "seconds": seconds, "docs_per_s": (done - first[1]) / seconds}
+    answered = max(done - first[1], 1)
+    return {"docs": n, "seconds": seconds, "docs_per_s": (done - first[1]) / seconds,
+            "worker_cpu_us": (cpu_last[0] - cpu_first[0]) / answered * 1e6,
+            "model_process_cpu_us": (cpu_last[1] - cpu_first[1]) / answered * 1e6}
 
 
 def run_transports(transports: tuple[str, ...], docs: int, out_dir: Path, log: Callable[[str], None] = print) -> dict:
@@ -142,16 +158,20 @@ def run_transports(transports: tuple[str, ...], docs: int, out_dir: Path, log: C
             finally:
                 peer.stop()
             rows[transport] = {"relay_msgs_per_s": relay, "worker_docs_per_s": worker["docs_per_s"],
-                               "worker/relay": worker["docs_per_s"] / relay}
+                               "worker/relay": worker["docs_per_s"] / relay, "worker_cpu_us": worker["worker_cpu_us"],
+                               "model_process_cpu_us": worker["model_process_cpu_us"]}
             log(f"  {transport:17} relay {relay:8.0f} msgs/s   worker {worker['docs_per_s']:7.0f} docs/s   "
-                f"worker/relay {rows[transport]['worker/relay']:.2f}x")
+                f"worker/relay {rows[transport]['worker/relay']:.2f}x   CPU a request: worker process "
+                f"{worker['worker_cpu_us']:.0f} us, model process {worker['model_process_cpu_us']:.0f} us")
     finally:
         pool.close()
         broker.stop()
     result = {"docs": docs, "rows": rows}
     if "kafka" in rows and "kafka-librdkafka" in rows:
         result["librdkafka/kafka-python worker"] = rows["kafka-librdkafka"]["worker_docs_per_s"] / rows["kafka"]["worker_docs_per_s"]
-        log(f"  worker on librdkafka / on kafka-python: {result['librdkafka/kafka-python worker']:.2f}x")
+        result["kafka-python/librdkafka worker CPU a request"] = rows["kafka"]["worker_cpu_us"] / rows["kafka-librdkafka"]["worker_cpu_us"]
+        log(f"  worker on librdkafka / on kafka-python: {result['librdkafka/kafka-python worker']:.2f}x "
+            f"(worker-process CPU a request, kafka-python / librdkafka: {result['kafka-python/librdkafka worker CPU a request']:.2f}x)")
     (out_dir / "transports.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     return result
 

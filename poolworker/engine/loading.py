@@ -257,7 +257,7 @@ def load_model(
 
     ``weights=False`` (a worker process whose model process runs the forwards): the same load
     and checks, then the tensors go to the meta device instead of ``device``, so the process
-    keeps no copy of the weights and never touches the accelerator."""
+    keeps no copy of the weights and puts nothing on the accelerator."""
     overrides = parse_hf_overrides(hf_overrides)
     path = resolve_model_path(model)
     try:
