@@ -273,8 +273,9 @@ class MicroBatcher:
         if self._thread.is_alive():
             self._thread.join(timeout_s)
 
-    def _take_batch(self) -> list[tuple[float, Prepared]] | None:
-        """Block for the first request, then fill the batch until budget, size or deadline."""
+    def _take_batch(self) -> list[Prepared] | None:
+        """Block for the first request, then fill the batch until budget, size or deadline; each
+        request's wait in the queue goes to the queue-wait metric."""
         with self._cond:
             while not self._queue and not self._stopping and self.failure is None:
                 self._cond.wait()
@@ -288,9 +289,13 @@ class MicroBatcher:
                 if full or left <= 0 or self._stopping:
                     break
                 self._cond.wait(left)
-            batch = [self._queue.popleft() for _ in range(size)]
+            queued = [self._queue.popleft() for _ in range(size)]
             self._inflight += 1
-            return batch
+        if self.metrics is not None:
+            now = time.monotonic()
+            for since, _ in queued:
+                self.metrics.queue_wait(now - since)
+        return [prepared for _, prepared in queued]
 
     def _fits(self) -> tuple[int, int]:
         """How many queued requests the next batch takes, and their tokens."""
@@ -304,12 +309,7 @@ class MicroBatcher:
         return size, tokens
 
     def _loop(self) -> None:
-        while (queued := self._take_batch()) is not None:
-            if self.metrics is not None:
-                now = time.monotonic()
-                for since, _ in queued:
-                    self.metrics.queue_wait(now - since)
-            batch = [prepared for _, prepared in queued]
+        while (batch := self._take_batch()) is not None:
             try:
                 plan = plan_batch(batch, self.metrics)
             except Exception:
