@@ -274,9 +274,6 @@ class Metrics:
     def inference(self, model: str, seconds: float) -> None:
         self._child(self._inference, model).observe(seconds)
 
-    def end_to_end(self, model: str, task: str, seconds: float) -> None:
-        self._end_to_end.observe_many([((model, task), seconds)])
-
     # -- gauges ----------------------------------------------------------------------------
     def lag(self, topic: str, partition: int, value: int) -> None:
         self._lag.labels(topic, str(partition)).set(value)

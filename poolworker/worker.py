@@ -53,6 +53,8 @@ class Worker:
     def __init__(self, settings: WorkerSettings, *, engines: Mapping[str, Engine] | None = None,
                  cache: ResultCache | None = None, metrics: Metrics | None = None, dev: bool = False,
                  model_process: ModelProcess | None = None) -> None:
+        if engines is not None and model_process is not None:
+            raise ValueError("engines passed in are served on a thread of this process; a model_process cannot run them")
         self.settings = settings
         self.metrics = metrics or Metrics()
         # Engines passed in (tests, benchmarks) are served on a thread: a model process loads its
