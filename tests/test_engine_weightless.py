@@ -5,6 +5,8 @@ refused with ``WeightsNotLoaded`` rather than run on nothing."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from builders import engine_tensors
 
@@ -15,10 +17,20 @@ FAMILIES = ["minilm_path", "splade_path", "seq_cls_path", "cross_encoder_path", 
             "decoder_left_path", "llama_path", "reward_path"]
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.fixture(scope="module")
+def pylate_path(tmp_path_factory) -> Path:
+    """A PyLate checkpoint: its Sentence-Transformers Dense projector is loaded apart from the backbone."""
+    import pylate_models as pm
+
+    return pm.build_checkpoint(tmp_path_factory.mktemp("pylate"), "bert", next(iter(pm.CONFIGS.values())))
+
+
+@pytest.mark.parametrize("family", [*FAMILIES, "pylate_path"])
 def test_an_engine_without_weights_knows_what_the_full_one_knows(family, request, Engine, corpus):
     path = request.getfixturevalue(family)
     full, light = Engine(str(path)), Engine(str(path), weights=False)
+    if family == "pylate_path":
+        assert full.model.projector is not None and full.model.pylate is not None
     assert light.describe() == full.describe()
     assert light.runner.max_batch_tokens == full.runner.max_batch_tokens
     assert light.model.vocab_size == full.model.vocab_size
