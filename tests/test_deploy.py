@@ -444,7 +444,7 @@ def exported_samples() -> dict[str, set[str]]:
     m.batch("minilm", 2, 20)
     m.queue_wait(0.01)
     m.inference("minilm", 0.01)
-    m.end_to_end("minilm", "embed", 0.1)
+    m.answered("minilm", "embed", "ok", 2, 20, 0.1)
     m.lag("poolworker.requests", 0, 5)
     m.inflight(1)
     m.paused(0)
