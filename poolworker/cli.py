@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import sys
 import threading
 import time
@@ -147,20 +148,22 @@ def dev(
 
     _setup_logging("WARNING")
     logging.getLogger("kafka").setLevel(logging.ERROR)  # its IO-loop timing warnings are noise here
+    signal.signal(signal.SIGTERM, _interrupt)
     broker = start_local_broker(port or None)
-    settings = WorkerSettings.load(None, bootstrap_servers=broker.bootstrap_servers, models=[model], redis_url=redis_url,
-                                   metrics_port=0, session_timeout_ms=4000, heartbeat_interval_ms=500,
-                                   allowed_reply_topics=REPLY_TOPICS)
-    typer.echo(f"broker (Tansu) on {broker.bootstrap_servers}; loading {model} ...")
-    early = start_model_process(settings)  # loads while this process imports torch
-    from .worker import Worker
-
-    worker = Worker(settings, dev=True, model_process=early)
     stop = threading.Event()
-    thread = threading.Thread(target=worker.run, args=(stop,), name="poolworker-dev", daemon=True)
-    thread.start()
+    thread: threading.Thread | None = None
     gateway = None
     try:
+        settings = WorkerSettings.load(None, bootstrap_servers=broker.bootstrap_servers, models=[model], redis_url=redis_url,
+                                       metrics_port=0, session_timeout_ms=4000, heartbeat_interval_ms=500,
+                                       allowed_reply_topics=REPLY_TOPICS)
+        typer.echo(f"broker (Tansu) on {broker.bootstrap_servers}; loading {model} ...")
+        early = start_model_process(settings)  # loads while this process imports torch
+        from .worker import Worker
+
+        worker = Worker(settings, dev=True, model_process=early)
+        thread = threading.Thread(target=worker.run, args=(stop,), name="poolworker-dev", daemon=True)
+        thread.start()
         _wait_until_assigned(worker, thread)
         gateway = _start_gateway(broker.bootstrap_servers, model, settings.requests_topic, gateway_port)
         texts = _demo_texts(documents)
@@ -205,8 +208,15 @@ def dev(
         if gateway is not None:
             gateway.stop()
         stop.set()
-        thread.join(60)
+        if thread is not None:
+            thread.join(60)
         broker.stop()
+
+
+def _interrupt(_signum: int, _frame: object) -> None:
+    """SIGTERM (``docker stop``, systemd, ``timeout``) stops ``dev`` the way Ctrl-C does: without
+    it Python exits at once and the local broker it started keeps running on its own."""
+    raise KeyboardInterrupt
 
 
 # The reply topics of gateways (``poolworker.replies.<instance>``): what dev's worker may answer on.

@@ -57,3 +57,41 @@ def test_sigterm_drains_commits_and_restart_answers_nothing_twice(broker, tmp_pa
     duplicates = {k: v for k, v in ids.items() if v > 1}
     assert not duplicates, f"{len(duplicates)} answered twice"
     assert all(as_json(r)["error"] is None for r in results)
+
+
+def test_dev_stopped_by_sigterm_stops_the_broker_it_started(tmp_path):
+    """``poolworker dev`` (what ``make run`` runs) under SIGTERM — docker stop, systemd, timeout —
+    cleans up as under Ctrl-C: it exits 0 and its local broker stops with it instead of running on
+    as an orphan holding the port."""
+    import socket
+
+    from poolworker.broker import free_port
+
+    port = free_port()
+    log_path = tmp_path / "dev.log"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env = {k: v for k, v in env.items() if not k.startswith("POOLWORKER_")}
+    dev = subprocess.Popen([sys.executable, "-m", "poolworker.cli", "dev", "--documents", "8", "--port", str(port),
+                            "--gateway-port", "0", "--redis-url", "none"], cwd=REPO, env=env,
+                           stdout=log_path.open("w"), stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 240
+        while "Ctrl-C stops." not in log_path.read_text() and dev.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert "Ctrl-C stops." in log_path.read_text(), log_path.read_text()[-3000:]
+        with socket.create_connection(("127.0.0.1", port), timeout=5):
+            pass  # the broker serves while dev runs
+        dev.send_signal(signal.SIGTERM)
+        assert dev.wait(90) == 0, log_path.read_text()[-3000:]
+    finally:
+        if dev.poll() is None:
+            dev.kill()
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        except OSError:
+            break  # nothing listens any more: the broker is gone
+        time.sleep(0.3)
+    else:
+        raise AssertionError(f"the broker on port {port} outlived poolworker dev")
