@@ -254,6 +254,92 @@ def test_an_existing_group_is_updated_to_the_settings_and_a_foreign_filter_refus
     run(check())
 
 
+async def _publish(url: str, subject: str, values: list[bytes]) -> None:
+    nc = await nats.connect(url)
+    try:
+        js = nc.jetstream()
+        for value in values:
+            await js.publish(subject, value)
+    finally:
+        await nc.close()
+
+
+def _poll_values(transport: NatsTransport, want: int, timeout_s: float = 10) -> list:
+    records: list = []
+    deadline = time.monotonic() + timeout_s
+    while len(records) < want and time.monotonic() < deadline:
+        records.extend(transport.poll(0.2, 10))
+    return records
+
+
+def test_a_deleted_consumer_is_made_again_above_the_groups_ack_floor(nats_url, names):
+    """An operator deletes the group's consumer while a worker runs: before, every pull went to
+    nobody and the worker waited for ever. The periodic lag check makes it again from just above
+    the ack floor it last read: what was answered is not served again, what came after is; a
+    later start with another redelivery timeout updates it and keeps its start."""
+    settings = settings_for(nats_url, names)
+    transport = NatsTransport(settings, on_revoked=lambda _p: None)
+    transport.start()
+    try:
+        run(_publish(nats_url, names["requests_topic"], [b"a", b"b"]))
+        first = _poll_values(transport, 2)
+        assert [r.value for r in first] == [b"a", b"b"]
+        for record in first:
+            transport.finish(record.source)
+        wait_until(lambda: run(consumer_state(nats_url, names)).ack_floor.stream_seq == 2, 10, "acks not seen by the server")
+        assert transport.lag() == {(names["requests_topic"], 0): 0}  # reads the floor, as the loop does every 2 s
+
+        async def delete_consumer():
+            nc = await nats.connect(nats_url)
+            js = nc.jetstream()
+            await js.delete_consumer(await js.find_stream_name_by_subject(names["requests_topic"]), stream_name(names["group_id"]))
+            await nc.close()
+        run(delete_consumer())
+        run(_publish(nats_url, names["requests_topic"], [b"c", b"d"]))
+        assert transport.lag() == {(names["requests_topic"], 0): 2}  # the consumer is back, c and d pending
+        later = _poll_values(transport, 2)
+        assert [(r.value, r.source.offset) for r in later] == [(b"c", 3), (b"d", 4)]
+        assert transport.poll(0.5, 10) == []  # a and b were answered: not served again
+        config = run(consumer_state(nats_url, names)).config
+        assert (config.deliver_policy, config.opt_start_seq) == (api.DeliverPolicy.BY_START_SEQUENCE, 3)
+    finally:
+        transport.close()
+
+    slower = NatsTransport(settings.model_copy(update={"redelivery_timeout_s": 9.0}), on_revoked=lambda _p: None)
+    slower.start()  # JetStream refuses to change a consumer's start: the update keeps it
+    slower.close()
+    config = run(consumer_state(nats_url, names)).config
+    assert (config.ack_wait, config.deliver_policy, config.opt_start_seq) == (9.0, api.DeliverPolicy.BY_START_SEQUENCE, 3)
+
+
+def test_a_deleted_requests_stream_is_made_again_with_the_group(nats_url, names):
+    """The requests stream itself deleted (and the consumer with it): both are made again, the
+    consumer from the new stream's first message, so requests published from then on are served."""
+    settings = settings_for(nats_url, names)
+    transport = NatsTransport(settings, on_revoked=lambda _p: None)
+    transport.start()
+    try:
+        run(_publish(nats_url, names["requests_topic"], [b"a"]))
+        first = _poll_values(transport, 1)
+        transport.finish(first[0].source)
+        wait_until(lambda: run(consumer_state(nats_url, names)).ack_floor.stream_seq == 1, 10, "ack not seen by the server")
+        transport.lag()
+
+        async def delete_stream():
+            nc = await nats.connect(nats_url)
+            js = nc.jetstream()
+            await js.delete_stream(await js.find_stream_name_by_subject(names["requests_topic"]))
+            await nc.close()
+        run(delete_stream())
+        transport.lag()  # makes stream and consumer again
+        run(_publish(nats_url, names["requests_topic"], [b"b"]))
+        later = _poll_values(transport, 1)
+        assert [(r.value, r.source.offset) for r in later] == [(b"b", 1)]
+        assert run(consumer_state(nats_url, names)).config.deliver_policy == api.DeliverPolicy.ALL
+    finally:
+        transport.close()
+
+
 def test_messages_held_longer_than_ack_wait_are_kept_alive_not_redelivered(nats_url, names, monkeypatch):
     """Handed over or still buffered (delivered while paused), a message gets +WPI: after three
     ack_waits nothing was redelivered, and every message arrives once, delivery count 1. Buffered

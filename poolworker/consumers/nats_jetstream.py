@@ -30,6 +30,7 @@ import asyncio
 import base64
 import collections
 import contextlib
+import dataclasses
 import json
 import logging
 import re
@@ -292,7 +293,8 @@ def consumer_config(settings: WorkerSettings) -> api.ConsumerConfig:
 
 async def ensure_consumer(js, stream: str, config: api.ConsumerConfig) -> None:
     """Create the durable consumer, or bring an existing one's ack_wait/max_deliver/
-    max_ack_pending to ``config`` (its subject filter cannot change: that is an error)."""
+    max_ack_pending to ``config`` (its subject filter cannot change: that is an error; its
+    start — deliver policy and start sequence — is kept: JetStream cannot change it either)."""
     try:
         info = await js.consumer_info(stream, config.durable_name)
     except nats.js.errors.NotFoundError:
@@ -306,7 +308,19 @@ async def ensure_consumer(js, stream: str, config: api.ConsumerConfig) -> None:
             return
         log.info("nats: updating consumer %s (ack_wait %ss, max_deliver %s)", config.durable_name, config.ack_wait,
                  config.max_deliver)
+        config = dataclasses.replace(config, deliver_policy=have.deliver_policy, opt_start_seq=have.opt_start_seq,
+                                     opt_start_time=have.opt_start_time)
     await js.add_consumer(stream, config)
+
+
+def resumed_config(config: api.ConsumerConfig, ack_floor: int) -> api.ConsumerConfig:
+    """``config`` for a consumer made again after it was lost: it starts just above the group's
+    last known ack floor (every message up to it was answered and acked), so what the group had
+    answered is not served again, and nothing after it is skipped. Without a known floor it
+    starts at the stream's first message, as a new group does."""
+    if ack_floor <= 0:
+        return config
+    return dataclasses.replace(config, deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=ack_floor + 1)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -337,6 +351,12 @@ class Puller:
         self._keepalive_s = keepalive_s
         self._keepalive: asyncio.Task | None = None
         self._throttled = Throttled()
+
+    def retarget(self, stream: str, consumer: str) -> None:
+        """Pull from ``stream``'s ``consumer`` (made again after it was lost) from the next
+        ``take`` on; a pull request sent to the lost one is not waited for."""
+        self.next_subject = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}"
+        self._open_until = 0.0
 
     async def start(self) -> None:
         self.inbox = self.nc.new_inbox()
@@ -432,6 +452,8 @@ class NatsTransport:
         self.stream: str | None = None
         self.consumer: str | None = None
         self.puller: Puller | None = None
+        self._stream_created: Any = None  # when the requests stream was made: tells a stream made again apart
+        self._ack_floor = 0  # the group's ack floor (stream sequence) as last read by lag()
         self._captured: dict[str, bool | float] = {}  # reply subject → True, or when "no stream" was seen
         self._sent = threading.Condition()
         self._unacked_sends = 0
@@ -455,6 +477,7 @@ class NatsTransport:
         self.nc = await connect(self.urls, f"poolworker {s.group_id}")
         self.js = self.nc.jetstream(timeout=API_TIMEOUT_S)
         self.stream = await ensure_stream(self.js, s.requests_topic)
+        self._stream_created = (await self.js.stream_info(self.stream)).created
         for subject, limit in ((s.results_topic, s.results_max_len), (s.dlq_topic, None)):
             await ensure_stream(self.js, subject, max_msgs=limit)
         config = consumer_config(s)
@@ -532,14 +555,51 @@ class NatsTransport:
         self._paused = False
 
     def lag(self) -> Mapping[tuple[str, int], int]:
-        """Messages of the requests subject not yet delivered to the group (``num_pending``)."""
+        """Messages of the requests subject not yet delivered to the group (``num_pending``).
+        The loop asks every few seconds, which makes this also the check that the group's
+        consumer still exists (``_consumer_info``)."""
         if self.puller is None:
             return {}
         try:
-            info = self.io.run(self.js.consumer_info(self.stream, self.consumer), API_TIMEOUT_S)
+            info = self.io.run(self._consumer_info(), 4 * API_TIMEOUT_S)
         except Exception:  # noqa: BLE001 - unknown right now
             return {}
         return {(self.settings.requests_topic, 0): int(info.num_pending or 0)}
+
+    async def _consumer_info(self) -> api.ConsumerInfo:
+        """The consumer's state, noting the group's ack floor; the consumer is made again first
+        when it is gone (``_recreate``)."""
+        try:
+            info = await self.js.consumer_info(self.stream, self.consumer)
+        except nats.js.errors.NotFoundError as exc:
+            await self._recreate(exc)
+            info = await self.js.consumer_info(self.stream, self.consumer)
+        self._ack_floor = int(info.ack_floor.stream_seq or 0) if info.ack_floor is not None else 0
+        return info
+
+    async def _recreate(self, exc: Exception) -> None:
+        """The consumer is gone — deleted, or lost with the server's state — and with it every
+        pull: without this the worker would wait for ever for messages that cannot come. It is
+        made again (the requests stream too, if that went as well) from just above the group's
+        last known ack floor (``resumed_config``): nothing unanswered is skipped, and only what
+        was answered since that floor was read, a few seconds ago, may be answered again. A
+        stream made again starts at its first message. Every worker of the group does this; the
+        first one's start wins (each one's floor was true when read, so any is safe)."""
+        s = self.settings
+        stream = await ensure_stream(self.js, s.requests_topic)
+        created = (await self.js.stream_info(stream)).created
+        floor = self._ack_floor if (stream, created) == (self.stream, self._stream_created) else 0
+        config = resumed_config(consumer_config(s), floor)
+        try:
+            await self.js.add_consumer(stream, config)
+        except nats.js.errors.BadRequestError:  # another worker made it first, from its own floor
+            await self.js.consumer_info(stream, config.durable_name)
+        start = f"stream sequence {floor + 1}, above the group's last known ack floor" if floor else "the stream's first message"
+        log.warning("nats: consumer %s of stream %s was gone (%s); made it again from %s: requests answered "
+                    "since that point may be answered again", self.consumer, stream, exc, start)
+        self.stream, self._stream_created = stream, created
+        if self.puller is not None:
+            self.puller.retarget(stream, self.consumer)
 
     # -- producing -------------------------------------------------------------------------------
     def produce(self, topic: str, key: bytes | None, value: bytes | None, headers: Headers,
