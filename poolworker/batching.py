@@ -110,8 +110,8 @@ def compute(work: ModelWork) -> Computed:
 
 def _finite_or_error(request_id: str, outcome: Outcome) -> Outcome:
     """A NaN or an infinity from the model answers the request with an error (and is never
-    cached). Checked here, once per request, so the publisher need not look into the arrays:
-    ``encode_message(..., arrays_checked=True)``."""
+    cached). Checked here, once per request, so the publisher need not walk the result again:
+    ``encode_message(..., checked=True)``."""
     if isinstance(outcome, ErrorInfo) or all_finite([r.data for r in outcome]):
         return outcome
     log.error("the model produced a NaN or an infinity for request %s", request_id)

@@ -131,8 +131,8 @@ class Publisher:
                 if p.request.encoding_format in BINARY_FORMATS and "data" in body:  # type: ignore[union-attr]
                     value, extra = _binary_record(p.request, message)  # type: ignore[arg-type]
                 else:
-                    # the model stage and the cache checked every array they made (a plugin's were not)
-                    value = encode_message(message, arrays_checked=p.plugin is None)
+                    # every number was checked where it was made, except in a plugin's output
+                    value = encode_message(message, checked=p.plugin is None)
             except Exception as exc:
                 log.exception("could not shape the result of %s", p.request_id)
                 error = ErrorInfo(type="internal_error", message=f"could not build the result: {type(exc).__name__}")

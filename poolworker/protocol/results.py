@@ -45,7 +45,7 @@ def result_message(
     return message
 
 
-def encode_message(message: Mapping[str, Any], *, arrays_checked: bool = False) -> bytes:
+def encode_message(message: Mapping[str, Any], *, checked: bool = False) -> bytes:
     """Compact UTF-8 JSON that ``json.loads`` reads back to the same values.
 
     Numpy arrays and scalars are written natively (orjson), float32 ones in their shortest
@@ -58,12 +58,13 @@ def encode_message(message: Mapping[str, Any], *, arrays_checked: bool = False) 
     through ``json``, so every message that could be encoded before still can, and what could
     not (a lone surrogate: ``UnicodeEncodeError``) fails as before.
 
-    ``arrays_checked``: the caller vouches that every float array in the message is finite (the
-    model stage checks what it computes, the cache what it reads back: ``all_finite``), so the
-    walk looks only at plain Python numbers — on a small embedding the array check cost four
-    times what orjson takes to write the whole message.
+    ``checked``: the caller vouches that no number in the message can be a NaN or an infinity,
+    because each was checked once where it was made — the worker's results: decoding refuses
+    them in a request (``metadata`` included), the model stage checks what it computes and the
+    cache what it reads back (``all_finite``). Walking the message again cost more than orjson
+    takes to write it.
     """
-    if not all_finite(message, skip_float_arrays=arrays_checked):
+    if not checked and not all_finite(message):
         raise ValueError("Out of range float values are not JSON compliant: the message holds a NaN or an infinity")
     try:
         return orjson.dumps(message, default=_plain, option=_ORJSON_OPTIONS)
@@ -83,9 +84,8 @@ def _plain(value: Any) -> Any:
     raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
 
 
-def all_finite(value: Any, *, skip_float_arrays: bool = False) -> bool:
-    """Whether every float in a JSON-like tree is finite, without a Python step per float
-    (``skip_float_arrays``: except in float numpy arrays, which the caller has checked).
+def all_finite(value: Any) -> bool:
+    """Whether every float in a JSON-like tree is finite, without a Python step per float.
 
     Float arrays are gathered and checked by numpy in one call (a call per small array would
     cost more than encoding it). A list is first summed in C: a NaN or infinity in it makes the
@@ -110,8 +110,7 @@ def all_finite(value: Any, *, skip_float_arrays: bool = False) -> bool:
             if (item and _KIND_OF.get(type(item[0])) in _CONTAINERS) or not _finite_sum(item):
                 stack.extend(item)
         elif item.dtype.kind in "fc":  # _NUMPY
-            if not skip_float_arrays:
-                arrays.append(item)
+            arrays.append(item)
         elif item.dtype.kind == "O":  # Python objects: orjson writes them through _plain, so look inside
             stack.append(item.tolist())
     if not arrays:
