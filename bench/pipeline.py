@@ -12,7 +12,9 @@ One run, one Tansu broker, the same pre-loaded messages for every Kafka contende
    acks=all, idempotent, commit after flush) on the same broker and messages: what any Python
    Kafka service on this machine can move with no work at all;
 4. the worker with ``--processes`` 1 and 2;
-5. the worker with the bundled MiniLM against ``Engine.embed`` on the same texts (``--minilm-docs``).
+5. the worker with the bundled MiniLM against ``Engine.embed`` on the same texts (``--minilm-docs``),
+   on kafka-python and, when confluent-kafka is installed, on librdkafka (``--transport
+   kafka-librdkafka``: its client's idle fetching costs the model's forwards less CPU).
 
 After each Kafka contender's throughput run, ``--latency-n`` requests are sent at a steady
 ``--latency-rate``: latency is the result's CreateTime minus the request's send time (one host
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import json
 import os
 import statistics
@@ -265,17 +268,17 @@ def run_relay(bootstrap: str, messages: list[tuple[bytes, bytes]], model: str, s
 
 
 def run_worker(pool: ProcessPool, bootstrap: str, messages: list[tuple[bytes, bytes]], model: str, path: Path, processes: int,
-               sizes: Sizes, probe_texts: list[str]) -> dict:
-    """``poolworker run --processes N`` (model ``path`` served as ``model``) over its own copy of
-    ``messages``, with a fresh group and results topic."""
+               sizes: Sizes, probe_texts: list[str], transport: str = "kafka") -> dict:
+    """``poolworker run --processes N --transport T`` (model ``path`` served as ``model``) over its
+    own copy of ``messages``, with a fresh group and results topic."""
     n = len(messages)
     requests_topic = preload(bootstrap, messages, sizes.partitions)
     tag = uuid.uuid4().hex[:8]
     topics = {"requests_topic": requests_topic, "results_topic": new_topic(bootstrap, f"w{tag}.results", sizes.partitions),
               "dlq_topic": f"w{tag}.dlq", "group_id": f"w{tag}"}
     reader = TopicReader(bootstrap, topics["results_topic"])
-    worker = pool.worker(bootstrap, topics, name=f"{model}-p{processes}", models=[f"{model}={path}"], processes=processes,
-                         partitions=sizes.partitions, **sizes.group_options())
+    worker = pool.worker(bootstrap, topics, name=f"{model}-p{processes}-{transport}", models=[f"{model}={path}"],
+                         processes=processes, partitions=sizes.partitions, transport=transport, **sizes.group_options())
     try:
         records = collect(reader, n, sizes.timeout_s, worker.alive)
         result = summarize(records, n, _first_assignment_ms(worker.log()))
@@ -287,6 +290,7 @@ def run_worker(pool: ProcessPool, bootstrap: str, messages: list[tuple[bytes, by
     result["exit_code"] = result_code
     result["assignments"] = _assignments(worker.log())
     result["processes"] = processes
+    result["transport"] = transport
     result["threads"] = threads_per_process(processes)
     result["log"] = str(worker.log_path)
     return result
@@ -412,6 +416,10 @@ def run_pipeline(sizes: Sizes = Sizes(), out_dir: str | Path = DEFAULT_OUT, log:
             m["worker_p1"] = run_worker(pool, bs, embed_requests(mtexts, "minilm"), "minilm", minilm, 1, sizes,
                                         probe[: max(2, sizes.latency_n // 3)])
             log(_line("MiniLM worker", m["worker_p1"]))
+            if importlib.util.find_spec("confluent_kafka") is not None:  # the optional poolworker[librdkafka] extra
+                m["worker_librdkafka_p1"] = run_worker(pool, bs, embed_requests(mtexts, "minilm"), "minilm", minilm, 1, sizes,
+                                                       probe[: max(2, sizes.latency_n // 3)], transport="kafka-librdkafka")
+                log(_line("MiniLM worker, librdkafka", m["worker_librdkafka_p1"]))
             m["engine"] = run_engine(minilm, mtexts)
             log(_line("MiniLM Engine.embed", m["engine"]))
     finally:
@@ -449,6 +457,8 @@ def ratios(results: dict) -> dict[str, float]:
         out["worker 2 procs/relay"] = rate["worker_p2"] / rate["relay"]
     if m:
         out["minilm worker/engine"] = m["worker_p1"]["docs_per_s"] / m["engine"]["docs_per_s"]
+        if "worker_librdkafka_p1" in m:
+            out["minilm worker (librdkafka)/engine"] = m["worker_librdkafka_p1"]["docs_per_s"] / m["engine"]["docs_per_s"]
     return out
 
 
@@ -460,7 +470,8 @@ def contender_name(key: str, row: dict) -> str:
         return "kafka-python relay"
     if key.startswith("engine"):
         return "Engine.embed"
-    return f"worker --processes {row['processes']}"
+    transport = row.get("transport", "kafka")
+    return f"worker --processes {row['processes']}" + (f" --transport {transport}" if transport != "kafka" else "")
 
 
 def table_rows(results: dict) -> list[list[str]]:

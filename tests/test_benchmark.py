@@ -134,12 +134,16 @@ def test_pipeline_numbers_follow_from_the_measurements(tmp_path):
                "tiny": {"relay": {**row, "docs_per_s": 5000.0}, "worker_p1": {**row, "docs_per_s": 2500.0, "processes": 1},
                         "worker_p2": {**row, "docs_per_s": 4000.0, "processes": 2, "threads": 1, "inference_seconds": 0.5},
                         "engine": {**row, "docs_per_s": 10000.0}},
-               "minilm": {"worker_p1": {**row, "docs_per_s": 90.0, "processes": 1}, "engine": {**row, "docs_per_s": 100.0}}}
+               "minilm": {"worker_p1": {**row, "docs_per_s": 90.0, "processes": 1},
+                          "worker_librdkafka_p1": {**row, "docs_per_s": 97.0, "processes": 1, "transport": "kafka-librdkafka"},
+                          "engine": {**row, "docs_per_s": 100.0}}}
     results["ratios"] = ratios(results)
     assert results["ratios"] == pytest.approx({"worker/relay": 0.5, "worker/engine": 0.25, "2 procs/1 proc": 1.6,
-                                               "worker 2 procs/relay": 0.8, "minilm worker/engine": 0.9})
+                                               "worker 2 procs/relay": 0.8, "minilm worker/engine": 0.9,
+                                               "minilm worker (librdkafka)/engine": 0.97})
     table = format_table(results)
     assert "| worker --processes 2 | 1 |" in table and "**1.60x**" in table
+    assert "| worker --processes 1 --transport kafka-librdkafka |" in table and "**0.97x**" in table
     assert "25%" in table  # model busy: 0.5 s of inference per process over a 1 s span
     assert write_chart(results, tmp_path / "pipeline.png").is_file()
 
