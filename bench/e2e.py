@@ -45,10 +45,11 @@ def bench_engine(engine, texts: list[str]) -> dict:
 
 
 def bench_worker(engine, texts: list[str], broker, redis_url: str) -> dict:
+    from streaming import produce, read_topic, worker_settings
+
     from poolworker.cache import make_cache
     from poolworker.metrics import Metrics
     from poolworker.worker import Worker
-    from streaming import produce, read_topic, worker_settings
 
     settings = worker_settings(broker, redis_url=redis_url, partitions=6)
     from poolworker.consumers.topics import ensure_topics
@@ -126,10 +127,10 @@ def main() -> None:
     args = parser.parse_args()
 
     import torch
+    from services import RedisServer
 
     from poolworker import Engine
     from poolworker.broker import start_local_broker
-    from services import RedisServer
 
     texts = load_texts(args.docs)
     engine = Engine("all-MiniLM-L6-v2")

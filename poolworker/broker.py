@@ -8,6 +8,7 @@ import socket
 import subprocess
 import time
 from dataclasses import dataclass, field
+from typing import Self
 
 
 def free_port() -> int:
@@ -76,7 +77,7 @@ class LocalBroker:
         stop_process(self.process, 5)
         self.process = None
 
-    def __enter__(self) -> LocalBroker:
+    def __enter__(self) -> Self:
         return self.start() if self.process is None else self
 
     def __exit__(self, *exc: object) -> None:

@@ -46,7 +46,7 @@ log = logging.getLogger(__name__)
 
 Clock = Callable[[], float]
 Encodable = Union[float, Sequence[float], Sequence[Sequence[float]], np.ndarray, "torch.Tensor"]
-Decoded = Union[float, np.ndarray]
+Decoded = float | np.ndarray
 
 DEFAULT_TTL_S = 86400
 NONE_URLS = ("", "none")

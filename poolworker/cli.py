@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import signal
@@ -180,7 +181,7 @@ def dev(
         for text, r in list(zip(texts, results))[:3]:
             vec = r["data"][0]["embedding"]
             typer.echo(f"  {' '.join(text.split())[:56]!r:60} -> [{', '.join(f'{v:+.4f}' for v in vec[:4])}, ...] ({len(vec)} dims)")
-        gap = max((b - a for a, b in zip(arrivals, arrivals[1:])), default=0.0)
+        gap = max((b - a for a, b in itertools.pairwise(arrivals)), default=0.0)
         typer.echo(f"{len(results)} documents ({tokens} tokens, {errors} errors) through Kafka in {elapsed:.1f}s "
                    f"(longest wait between two results: {gap:.2f}s): "
                    f"{len(results) / elapsed:.0f} docs/s, {tokens / elapsed:.0f} tokens/s; cache {worker.cache.description}: "

@@ -13,7 +13,7 @@ import threading
 import uuid
 from collections.abc import Sequence
 from concurrent.futures import Future
-from typing import Any
+from typing import Any, Self
 
 from .consumers.transport import Headers, Reply, open_channel
 
@@ -142,7 +142,7 @@ class PoolClient:
                 future.cancel()
             self._pending.clear()
 
-    def __enter__(self) -> PoolClient:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

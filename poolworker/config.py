@@ -201,7 +201,7 @@ try:  # each kafka-python client accepts a different set of keys; shared ones (s
     _CONSUMER_KEYS = _client_keys("KafkaConsumer")
     _PRODUCER_KEYS = _client_keys("KafkaProducer")
     _ADMIN_KEYS = _client_keys("KafkaAdminClient")
-except Exception:  # pragma: no cover - kafka-python missing: the engine alone still imports config
+except ImportError:  # pragma: no cover - kafka-python missing: the engine alone still imports config
     _CONSUMER_KEYS = _PRODUCER_KEYS = _ADMIN_KEYS = frozenset()
 
 

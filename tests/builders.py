@@ -271,19 +271,19 @@ def decoder(
     tokenizer = byte_level_tokenizer(padding_side)
     pad_id = tokenizer.convert_tokens_to_ids(EOS_TOKEN)
     vocab_size = len(tokenizer)
-    common = dict(
-        vocab_size=vocab_size,
-        hidden_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        intermediate_size=128,
-        max_position_embeddings=512,
-        pad_token_id=pad_id,
-        eos_token_id=pad_id,
-        bos_token_id=pad_id,
-        tie_word_embeddings=False,
-    )
+    common = {
+        "vocab_size": vocab_size,
+        "hidden_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "intermediate_size": 128,
+        "max_position_embeddings": 512,
+        "pad_token_id": pad_id,
+        "eos_token_id": pad_id,
+        "bos_token_id": pad_id,
+        "tie_word_embeddings": False,
+    }
     if family == "qwen2":
         from transformers import Qwen2Config as Config
         from transformers import Qwen2ForSequenceClassification as SeqCls

@@ -16,7 +16,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import builders  # noqa: E402
+import builders
 
 pytest_plugins = ["services", "streaming"]
 

@@ -51,7 +51,7 @@ def assert_clean_error(fn, *needles: str, types=(ValueError, TypeError)):
 # ----------------------------------------------------------------------------------------------
 def _bert_inputs(ids: list[int]):
     input_ids = torch.tensor([ids], dtype=torch.long)
-    return dict(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), token_type_ids=torch.zeros_like(input_ids))
+    return {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids), "token_type_ids": torch.zeros_like(input_ids)}
 
 
 @torch.no_grad()

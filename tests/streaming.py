@@ -14,7 +14,7 @@ import pytest
 from poolworker.broker import LocalBroker, start_local_broker
 from poolworker.config import WorkerSettings
 
-FAST_GROUP = dict(session_timeout_ms=4000, heartbeat_interval_ms=500)
+FAST_GROUP = {"session_timeout_ms": 4000, "heartbeat_interval_ms": 500}
 
 
 @pytest.fixture

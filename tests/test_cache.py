@@ -28,6 +28,7 @@ import redis
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
+from services import RedisServer, answers_ping, free_port, redis_server_binary
 
 from poolworker.cache import (
     MemoryCache,
@@ -39,8 +40,6 @@ from poolworker.cache import (
     make_cache,
     redact_url,
 )
-
-from services import RedisServer, answers_ping, free_port, redis_server_binary
 
 ROOT = Path(__file__).resolve().parents[1]
 ENSURE_REDIS = ROOT / "scripts" / "ensure-redis.sh"
@@ -231,9 +230,9 @@ def test_decode_of_arbitrary_bytes_decodes_or_raises_value_error(raw: bytes) -> 
 # ----------------------------------------------------------------------------------------------
 # cache_key
 # ----------------------------------------------------------------------------------------------
-BASE = dict(
-    fingerprint="model@abc123", task="embed", options={"normalize": True, "dimensions": 256}, item="hello"
-)
+BASE = {
+    "fingerprint": "model@abc123", "task": "embed", "options": {"normalize": True, "dimensions": 256}, "item": "hello"
+}
 
 
 def key(**overrides: object) -> str:
@@ -568,7 +567,7 @@ def run_ensure_redis(tmp_path: Path, env: dict[str, str] | None = None) -> tuple
     pidfile = tmp_path / "redis.pid"
     pidfile.unlink(missing_ok=True)
     done = subprocess.run(
-        ["bash", str(ENSURE_REDIS), str(pidfile)], env=env, capture_output=True, text=True, timeout=120
+        ["bash", str(ENSURE_REDIS), str(pidfile)], env=env, capture_output=True, text=True, timeout=120, check=False
     )
     assert done.returncode == 0, done.stderr
     if done.stdout.strip().endswith(f":{env.get('ENSURE_REDIS_PORT', '6379')}/0"):

@@ -16,11 +16,11 @@ from __future__ import annotations
 import json
 import re
 import shlex
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import tomllib
 import typer
 import yaml
 from pydantic import ValidationError

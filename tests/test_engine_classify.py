@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from builders import SEQ_CLS_LABELS, TOKEN_CLS_LABELS
 from refs import ATOL, assert_close, data
 

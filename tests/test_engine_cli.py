@@ -17,7 +17,7 @@ def _run_models(path) -> str:
         cmd = [str(script), "models", str(path)]
     else:
         cmd = [sys.executable, "-c", "from poolworker.cli import app; app()", "models", str(path)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=env, cwd=str(REPO))
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=env, cwd=str(REPO), check=False)
     assert proc.returncode == 0, f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
     return proc.stdout
 
@@ -51,6 +51,6 @@ def test_cli_models_colbert(colbert_path):
 def test_cli_models_bad_path(tmp_path):
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     cmd = [sys.executable, "-c", "from poolworker.cli import app; app()", "models", str(tmp_path / "nope")]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=env, cwd=str(REPO))
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=env, cwd=str(REPO), check=False)
     assert proc.returncode != 0
     assert "Traceback" not in proc.stderr, proc.stderr

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-
 from builders import colbert_dense_weight
 from refs import ATOL, assert_close, bert_hidden, data
 

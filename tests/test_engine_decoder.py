@@ -5,9 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-
 from builders import EOS_TOKEN
-from refs import assert_close, data, decoder_hidden_single, decoder_last_left_padded, embedding
+from refs import (
+    assert_close,
+    data,
+    decoder_hidden_single,
+    decoder_last_left_padded,
+    embedding,
+)
 
 TEXTS = [
     "hi",

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-
 from refs import ATOL, assert_close, embedding, minilm_embed
 
 MAX_LEN = 256

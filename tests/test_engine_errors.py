@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from refs import assert_clean_error, assert_close, embedding
 
 DOCS = ["first document", "second document"]

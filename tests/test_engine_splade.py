@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from refs import assert_close, data
 
 TEXTS = [
@@ -54,10 +53,13 @@ def test_splade_embed_vs_transformers(splade_engine, splade_ref):
 def test_splade_vs_sparse_encoder(splade_engine, splade_path):
     try:
         from sentence_transformers import SparseEncoder
-        from sentence_transformers.sparse_encoder.modules import MLMTransformer, SpladePooling
+        from sentence_transformers.sparse_encoder.modules import (
+            MLMTransformer,
+            SpladePooling,
+        )
 
         se = SparseEncoder(modules=[MLMTransformer(str(splade_path)), SpladePooling("max")], device="cpu")
-    except Exception as exc:  # the reference library cannot load this folder
+    except Exception as exc:  # noqa: BLE001 - the reference library cannot load this folder
         pytest.skip(f"sentence_transformers SparseEncoder cannot be built here: {exc}")
     ref = se.encode(TEXTS, convert_to_tensor=True, convert_to_sparse_tensor=False).float().cpu()
     outs = splade_engine.encode(TEXTS, pooling_task="embed")

@@ -165,8 +165,8 @@ def test_results_keep_per_partition_order(broker, engines):
 
 def test_two_workers_share_the_group(broker, engines):
     tag = uuid.uuid4().hex[:8]
-    shared = dict(requests_topic=f"s{tag}.requests", results_topic=f"s{tag}.results", dlq_topic=f"s{tag}.dlq",
-                  group_id=f"s{tag}", partitions=4)
+    shared = {"requests_topic": f"s{tag}.requests", "results_topic": f"s{tag}.results", "dlq_topic": f"s{tag}.dlq",
+                  "group_id": f"s{tag}", "partitions": 4}
     a_metrics, b_metrics = Metrics(), Metrics()
     settings, a = start_worker(broker, engines, metrics=a_metrics, **shared)
     _, b = start_worker(broker, engines, metrics=b_metrics, **shared)

@@ -94,7 +94,7 @@ def activation_from_name(name: str | None) -> nn.Module:
     module_name, cls_name = name.rsplit(".", 1)
     cls = getattr(importlib.import_module(module_name), cls_name, None)
     if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
-        raise ValueError(f"activation {name!r} is not a torch module class")
+        raise ValueError(f"activation {name!r} is not a torch module class")  # noqa: TRY004 - a bad value in a config file
     return cls()
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import time
 
-
 MAX_REQUEST_BYTES = 4 * 1024 * 1024
 MB = 1024 * 1024
 

@@ -54,7 +54,7 @@ def test_dead_letters_too_large_or_empty_are_still_sent():
     huge_key = b"k" * (2 * LIMIT)
     publisher.dead_letter(DeadLetter(Source("req", 0, 2, huge_key, None, (("h", b"v"),)), None, "tombstone"))
     assert tracker.inflight() == 0
-    (_, k0, v0, h0), (_, k1, v1, _), (_, k2, v2, h2) = producer.sent
+    (_, _, v0, h0), (_, k1, v1, _), (_, k2, v2, h2) = producer.sent
     assert v0 == big[:DLQ_VALUE_PREFIX_BYTES] and h0["dlq.value.truncated"] == str(len(big)).encode()
     assert (k1, v1) == (None, b"")
     assert k2 == huge_key[:DLQ_KEY_PREFIX_BYTES] and v2 is None
