@@ -312,6 +312,39 @@ def test_a_deleted_consumer_is_made_again_above_the_groups_ack_floor(nats_url, n
     assert (config.ack_wait, config.deliver_policy, config.opt_start_seq) == (9.0, api.DeliverPolicy.BY_START_SEQUENCE, 3)
 
 
+def test_two_workers_making_the_lost_consumer_again_keep_the_first_ones_start(nats_url, names):
+    """Every worker of the group notices the loss; the second one to make the consumer again,
+    with an older ack floor, finds it made (JetStream refuses another start) and pulls from it."""
+    settings = settings_for(nats_url, names)
+    first, second = (NatsTransport(settings, on_revoked=lambda _p: None) for _ in range(2))
+    first.start()
+    second.start()
+    try:
+        run(_publish(nats_url, names["requests_topic"], [b"a", b"b"]))
+        taken = _poll_values(first, 2)
+        for record in taken:
+            first.finish(record.source)
+        wait_until(lambda: run(consumer_state(nats_url, names)).ack_floor.stream_seq == 2, 10, "acks not seen by the server")
+        first.lag()
+
+        async def delete_consumer():
+            nc = await nats.connect(nats_url)
+            js = nc.jetstream()
+            await js.delete_consumer(await js.find_stream_name_by_subject(names["requests_topic"]), stream_name(names["group_id"]))
+            await nc.close()
+        run(delete_consumer())
+        first.lag()  # made again from sequence 3
+        second._ack_floor = 1  # read before the last ack
+        second.io.run(second._recreate(RuntimeError("consumer not found")), 30)
+        config = run(consumer_state(nats_url, names)).config
+        assert (config.deliver_policy, config.opt_start_seq) == (api.DeliverPolicy.BY_START_SEQUENCE, 3)
+        run(_publish(nats_url, names["requests_topic"], [b"c"]))
+        assert [r.value for r in _poll_values(second, 1)] == [b"c"]
+    finally:
+        first.close()
+        second.close()
+
+
 def test_a_deleted_requests_stream_is_made_again_with_the_group(nats_url, names):
     """The requests stream itself deleted (and the consumer with it): both are made again, the
     consumer from the new stream's first message, so requests published from then on are served."""

@@ -590,12 +590,13 @@ class NatsTransport:
         created = (await self.js.stream_info(stream)).created
         floor = self._ack_floor if (stream, created) == (self.stream, self._stream_created) else 0
         config = resumed_config(consumer_config(s), floor)
+        start = f"stream sequence {floor + 1}, above the group's last known ack floor" if floor else "the stream's first message"
         try:
             await self.js.add_consumer(stream, config)
-        except nats.js.errors.BadRequestError:  # another worker made it first, from its own floor
-            await self.js.consumer_info(stream, config.durable_name)
-        start = f"stream sequence {floor + 1}, above the group's last known ack floor" if floor else "the stream's first message"
-        log.warning("nats: consumer %s of stream %s was gone (%s); made it again from %s: requests answered "
+        except nats.js.errors.APIError:  # another worker made it first, from its own floor ("start sequence can not be updated")
+            await self.js.consumer_info(stream, config.durable_name)  # else the refusal had another cause: raised
+            start = "where another worker of the group started it"
+        log.warning("nats: consumer %s of stream %s was gone (%s); it is there again, from %s: requests answered "
                     "since that point may be answered again", self.consumer, stream, exc, start)
         self.stream, self._stream_created = stream, created
         if self.puller is not None:
