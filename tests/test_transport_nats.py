@@ -264,6 +264,16 @@ async def _publish(url: str, subject: str, values: list[bytes]) -> None:
         await nc.close()
 
 
+async def _delete_consumer(url: str, names: dict[str, str]) -> None:
+    """What an operator does with ``nats consumer rm``: the group's durable consumer is gone."""
+    nc = await nats.connect(url)
+    try:
+        js = nc.jetstream()
+        await js.delete_consumer(await js.find_stream_name_by_subject(names["requests_topic"]), stream_name(names["group_id"]))
+    finally:
+        await nc.close()
+
+
 def _poll_values(transport: NatsTransport, want: int, timeout_s: float = 10) -> list:
     records: list = []
     deadline = time.monotonic() + timeout_s
@@ -288,13 +298,7 @@ def test_a_deleted_consumer_is_made_again_above_the_groups_ack_floor(nats_url, n
             transport.finish(record.source)
         wait_until(lambda: run(consumer_state(nats_url, names)).ack_floor.stream_seq == 2, 10, "acks not seen by the server")
         assert transport.lag() == {(names["requests_topic"], 0): 0}  # reads the floor, as the loop does every 2 s
-
-        async def delete_consumer():
-            nc = await nats.connect(nats_url)
-            js = nc.jetstream()
-            await js.delete_consumer(await js.find_stream_name_by_subject(names["requests_topic"]), stream_name(names["group_id"]))
-            await nc.close()
-        run(delete_consumer())
+        run(_delete_consumer(nats_url, names))
         run(_publish(nats_url, names["requests_topic"], [b"c", b"d"]))
         assert transport.lag() == {(names["requests_topic"], 0): 2}  # the consumer is back, c and d pending
         later = _poll_values(transport, 2)
@@ -326,13 +330,7 @@ def test_two_workers_making_the_lost_consumer_again_keep_the_first_ones_start(na
             first.finish(record.source)
         wait_until(lambda: run(consumer_state(nats_url, names)).ack_floor.stream_seq == 2, 10, "acks not seen by the server")
         first.lag()
-
-        async def delete_consumer():
-            nc = await nats.connect(nats_url)
-            js = nc.jetstream()
-            await js.delete_consumer(await js.find_stream_name_by_subject(names["requests_topic"]), stream_name(names["group_id"]))
-            await nc.close()
-        run(delete_consumer())
+        run(_delete_consumer(nats_url, names))
         first.lag()  # made again from sequence 3
         second._ack_floor = 1  # read before the last ack
         second.io.run(second._recreate(RuntimeError("consumer not found")), 30)
