@@ -19,8 +19,8 @@ One run, one Tansu broker, the same pre-loaded messages for every Kafka contende
 After each Kafka contender's throughput run, ``--latency-n`` requests are sent at a steady
 ``--latency-rate`` (MiniLM: a third as many at 25/s, under what it answers one at a time on two
 cores): latency is the result's CreateTime minus the request's send time (one host clock), so it
-is the per-request cost on an idle pipeline, not time spent queued behind the pre-loaded backlog. Writes ``pipeline.json`` and ``pipeline.png`` to ``--out`` and prints a
-Markdown table. Only ratios from one run mean anything on a shared machine.
+is the per-request cost on an idle pipeline, not time spent queued behind the pre-loaded backlog.
+Writes ``pipeline.json`` and ``pipeline.png`` to ``--out`` and prints a Markdown table. Only ratios from one run mean anything on a shared machine.
 
 Usage: python bench/pipeline.py [--docs 20000] [--minilm-docs 2000] [--processes 1,2] [--smoke]
        or: poolworker bench --pipeline [--smoke]
@@ -416,14 +416,14 @@ def run_pipeline(sizes: Sizes = Sizes(), out_dir: str | Path = DEFAULT_OUT, log:
         if sizes.minilm_docs:
             m = results["minilm"]
             mtexts = texts[: sizes.minilm_docs]
-            m["worker_p1"] = run_worker(pool, bs, embed_requests(mtexts, "minilm"), "minilm", minilm, 1, sizes,
-                                        probe[: max(2, sizes.latency_n // 3)], latency_rate=sizes.minilm_latency_rate)
-            log(_line("MiniLM worker", m["worker_p1"]))
+            workers = [("worker_p1", "kafka", "MiniLM worker")]
             if importlib.util.find_spec("confluent_kafka") is not None:  # the optional poolworker[librdkafka] extra
-                m["worker_librdkafka_p1"] = run_worker(pool, bs, embed_requests(mtexts, "minilm"), "minilm", minilm, 1, sizes,
-                                                       probe[: max(2, sizes.latency_n // 3)], transport="kafka-librdkafka",
-                                                       latency_rate=sizes.minilm_latency_rate)
-                log(_line("MiniLM worker, librdkafka", m["worker_librdkafka_p1"]))
+                workers.append(("worker_librdkafka_p1", "kafka-librdkafka", "MiniLM worker, librdkafka"))
+            for key, transport, label in workers:
+                m[key] = run_worker(pool, bs, embed_requests(mtexts, "minilm"), "minilm", minilm, 1, sizes,
+                                    probe[: max(2, sizes.latency_n // 3)], transport=transport,
+                                    latency_rate=sizes.minilm_latency_rate)
+                log(_line(label, m[key]))
             m["engine"] = run_engine(minilm, mtexts)
             log(_line("MiniLM Engine.embed", m["engine"]))
     finally:

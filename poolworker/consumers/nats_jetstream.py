@@ -340,7 +340,6 @@ class Puller:
 
     def __init__(self, nc: nats.NATS, stream: str, consumer: str, keepalive_s: float) -> None:
         self.nc = nc
-        self.next_subject = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}"
         self.inflight: dict[int, Msg] = {}  # stream sequence → message delivered and not yet acked
         self.delivered: collections.deque[Msg] = collections.deque()  # not yet handed to the worker
         self.arrived = asyncio.Event()
@@ -351,10 +350,11 @@ class Puller:
         self._keepalive_s = keepalive_s
         self._keepalive: asyncio.Task | None = None
         self._throttled = Throttled()
+        self.retarget(stream, consumer)
 
     def retarget(self, stream: str, consumer: str) -> None:
-        """Pull from ``stream``'s ``consumer`` (made again after it was lost) from the next
-        ``take`` on; a pull request sent to the lost one is not waited for."""
+        """Pull from ``stream``'s ``consumer`` (at start, or made again after it was lost) from
+        the next ``take`` on; a pull request sent to a lost one is not waited for."""
         self.next_subject = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}"
         self._open_until = 0.0
 
