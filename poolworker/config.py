@@ -22,6 +22,15 @@ from pydantic_settings import (
 
 from .cache import redact_url
 
+# kafka-python's producer batch cap (its default is 16 KiB, about twenty results). Measured on 2
+# cores with a near-free model: every batch costs the producer's threads a wakeup, a share of a
+# produce request and an acknowledgement pass, and at 16 KiB the ~5 requests in flight filled
+# with small batches; at 256 KiB the worker answered 40-65% more requests a second (and a plain
+# relay ~1.8x more). A cap, not an allocation: kafka-python grows each batch's buffer as records
+# arrive, and ``linger_ms`` still sends a partly filled batch, so latency is unchanged. Kept
+# well under a broker's default 1 MiB ``message.max.bytes``, which a whole batch must fit.
+PRODUCER_BATCH_BYTES = 256 * 1024
+
 SECRET_WORDS = ("password", "secret", "token", "sasl_oauth", "ssl_key", "private", "ssl.key", "oauthbearer")
 
 
@@ -170,6 +179,7 @@ class WorkerSettings(BaseSettings):
             "acks": "all",
             "enable_idempotence": True,
             "linger_ms": 5,
+            "batch_size": PRODUCER_BATCH_BYTES,
             "max_in_flight_requests_per_connection": 5,
         }
         return {**base, **_only(self.kafka_options, _PRODUCER_KEYS)}

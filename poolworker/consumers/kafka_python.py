@@ -196,9 +196,9 @@ class KafkaPythonChannel:
     from each partition's end as it was when the channel was built."""
 
     def __init__(self, servers: str, *, results_topic: str, options: dict) -> None:
-        from ..config import options_for
+        from ..config import PRODUCER_BATCH_BYTES, options_for
 
-        self.producer = KafkaProducer(**{"bootstrap_servers": servers, "acks": "all", "linger_ms": 2,
+        self.producer = KafkaProducer(**{"bootstrap_servers": servers, "acks": "all", "linger_ms": 2, "batch_size": PRODUCER_BATCH_BYTES,
                                          **options_for("producer", options)})
         self.consumer = KafkaConsumer(**{"bootstrap_servers": servers, "group_id": None, "enable_auto_commit": False,
                                          "enable_incremental_fetch_sessions": False, "fetch_max_wait_ms": CLIENT_FETCH_MAX_WAIT_MS,
