@@ -200,9 +200,13 @@ def summarize(records: list, n: int, started_ms: float) -> dict:
 # ----------------------------------------------------------------------------------------------
 def relay_main(bootstrap: str, source: str, sink: str, group: str, group_options: dict, stop, assigned_at) -> None:
     """The plain relay (a child process): poll, parse, answer with a 32-float vector, flush,
-    commit. No batching, no validation, no model: the floor of a Python Kafka service.
-    ``assigned_at`` receives the epoch ms at which it first owned partitions."""
+    commit. No batching, no validation, no model: the floor of a Python Kafka service. Its
+    kafka-python clients get the worker's own consumer and producer settings (fetch wait, poll
+    size, acks, idempotence, linger, batch size), so the ratio measures the worker's path, not a
+    tuning difference. ``assigned_at`` receives the epoch ms at which it first owned partitions."""
     from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer
+
+    from poolworker.config import WorkerSettings
 
     class Assigned(ConsumerRebalanceListener):
         def on_partitions_revoked(self, revoked) -> None:
@@ -212,11 +216,10 @@ def relay_main(bootstrap: str, source: str, sink: str, group: str, group_options
             if assigned and not assigned_at.value:
                 assigned_at.value = time.time() * 1000
 
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False,
-                             auto_offset_reset="earliest", fetch_max_wait_ms=20, max_poll_records=500,
-                             enable_incremental_fetch_sessions=False, **group_options)
+    settings = WorkerSettings(bootstrap_servers=bootstrap, group_id=group, models=[], **group_options)
+    consumer = KafkaConsumer(**settings.consumer_options())
     consumer.subscribe([source], listener=Assigned())
-    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=5)
+    producer = KafkaProducer(**settings.producer_options())
     vector = [((i * 7919) % 1000) / 1000 - 0.5 for i in range(RELAY_DIMS)]
     try:
         while not stop.is_set():
