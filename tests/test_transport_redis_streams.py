@@ -24,6 +24,7 @@ from poolworker.broker import free_port
 from poolworker.cache import make_cache
 from poolworker.client import PoolClient
 from poolworker.config import WorkerSettings
+from poolworker.consumers import redis_streams
 from poolworker.consumers.redis_streams import (
     RedisStreamsChannel,
     RedisStreamsTransport,
@@ -313,6 +314,30 @@ def test_a_live_worker_keeps_its_slow_entries_and_a_silent_one_loses_them(redis_
     finally:
         slow.close()
         other.close()
+
+
+def test_a_dead_workers_consumer_with_nothing_pending_leaves_the_group(redis_url, names, raw, monkeypatch):
+    """kill -9 leaves a consumer name behind; the claim pass removes the idle ones that hold
+    nothing, and keeps any consumer with a pending entry (it would be dropped with it) or that
+    read recently."""
+    monkeypatch.setattr(redis_streams, "PRUNE_IDLE_MIN_S", 0.5)
+    stream, group = names["requests_topic"], names["group_id"]
+    transport = started(redis_url, names, redelivery_timeout_s=30)  # nothing is claimed during the test
+    try:
+        for i in range(3):
+            raw.xadd(stream, {"value": b"v%d" % i})
+        done = raw.xreadgroup(group, "dead-done", {stream: ">"}, count=1)[0][1][0][0]
+        raw.xack(stream, group, done)
+        raw.xreadgroup(group, "dead-holding", {stream: ">"}, count=1)
+        time.sleep(0.8)
+        recent = raw.xreadgroup(group, "recent", {stream: ">"}, count=1)[0][1][0][0]
+        raw.xack(stream, group, recent)
+        assert transport.poll(0.1, 10) == []  # a claim pass (nothing idle for 30 s), then the prune
+        consumers = {c["name"].decode(): c["pending"] for c in raw.xinfo_consumers(stream, group)}
+        consumers.pop(transport.consumer, None)  # whether an empty read made it depends on the Redis version
+        assert consumers == {"dead-holding": 1, "recent": 0}
+    finally:
+        transport.close()
 
 
 def test_channel_reads_results_written_after_it_was_built_and_none_before(redis_url, names, raw):

@@ -22,6 +22,12 @@ How delivery works, and why:
   re-claim them to itself with ``XCLAIM ... JUSTID`` (which resets their idle time without
   counting a delivery) every third of ``redelivery_timeout_s``, so a slow batch is not taken
   over and done twice.
+- A worker killed with -9 leaves its consumer name in the group (a clean stop removes its own).
+  Once its entries were claimed, every worker's claim pass removes, at most once a minute, the
+  consumers that hold no pending entry and were idle for ``PRUNE_IDLE_MIN_S``, in one Lua script: the check and the ``XGROUP DELCONSUMER`` are one atomic
+  step, so an entry handed to a consumer meanwhile can never be dropped with it. A live worker
+  that is merely idle may be removed too; its next read makes it again (Redis creates consumers
+  on ``XREADGROUP``), and with nothing pending it loses nothing.
 - Redis unreachable: ``poll`` logs, backs off (0.1 s doubling to 2 s) and returns nothing;
   ``produce`` reports ``on_failed`` (the publisher retries every second); ``commit`` keeps its
   XACKs for the next call. Nothing is acknowledged that was not answered, so nothing is lost;
@@ -76,6 +82,22 @@ CONNECT_TIMEOUT_S = 5.0
 BACKOFF_FIRST_S = 0.1
 BACKOFF_MAX_S = 2.0
 CLAIM_INTERVAL_MAX_S = 5.0  # XAUTOCLAIM at least this often (more often for short redelivery timeouts)
+PRUNE_IDLE_MIN_S = 600.0  # a consumer idle this long with nothing pending is removed from the group
+PRUNE_INTERVAL_S = 60.0
+# KEYS[1] stream; ARGV: group, this consumer, min idle ms. Removes the group's consumers that hold
+# no pending entry and were idle longer; returns their names. One script: atomic (module doc).
+PRUNE_SCRIPT = """
+local removed = {}
+for _, consumer in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])) do
+  local info = {}
+  for i = 1, #consumer, 2 do info[consumer[i]] = consumer[i + 1] end
+  if info['name'] ~= ARGV[2] and info['pending'] == 0 and info['idle'] > tonumber(ARGV[3]) then
+    redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], info['name'])
+    removed[#removed + 1] = info['name']
+  end
+end
+return removed
+"""
 RESERVED_FIELDS = (b"value", b"key")
 PIPELINE_MAX = 1000  # entries written in one round trip at most
 AFTER_WRITE_EVERY_S = 0.05  # while entries keep queuing, XACK the answered requests this often
@@ -327,6 +349,8 @@ class RedisStreamsTransport:
         self._renew_due = 0.0
         timeout = settings.redelivery_timeout_s
         self._claim_every_s = min(CLAIM_INTERVAL_MAX_S, max(0.2, timeout / 2))
+        self._prune_idle_ms = int(PRUNE_IDLE_MIN_S * 1000)
+        self._prune_due = 0.0
         self._renew_every_s = max(0.1, timeout / 3)
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -464,10 +488,27 @@ class RedisStreamsTransport:
         self._claim_cursor = cursor
         if cursor == "0-0":
             self._claim_due = time.monotonic() + self._claim_every_s
+            self._prune_consumers()
         found = [(_text(eid), fields) for eid, fields in claimed if fields is not None and not self._known(_text(eid))]
         if found:
             log.info("claimed %d entries of %s idle for over %.1fs", len(found), self.stream, self.settings.redelivery_timeout_s)
         return self._with_deliveries(found)
+
+    def _prune_consumers(self) -> None:
+        """Remove dead workers' consumer names (``PRUNE_SCRIPT``), at most every
+        ``PRUNE_INTERVAL_S``; housekeeping only, so a failure is logged and tried again later."""
+        now = time.monotonic()
+        if now < self._prune_due:
+            return
+        self._prune_due = now + PRUNE_INTERVAL_S
+        try:
+            removed = self.client.eval(PRUNE_SCRIPT, 1, self.stream, self.group, self.consumer, self._prune_idle_ms)
+        except RedisError as exc:
+            log.warning("redis-streams: could not remove idle consumers from group %s: %s", self.group, exc)
+            return
+        if removed:
+            log.info("redis-streams: removed %d consumers with nothing pending, idle over %.0f s, from group %s: %s",
+                     len(removed), self._prune_idle_ms / 1000, self.group, ", ".join(_text(n) for n in removed))
 
     def _with_deliveries(self, found: list[tuple[str, list[bytes]]]) -> list[tuple[str, list[bytes], int]]:
         """Each entry's delivery count from XPENDING (one pipelined round trip)."""
