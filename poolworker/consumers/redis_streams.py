@@ -24,10 +24,11 @@ How delivery works, and why:
   over and done twice.
 - A worker killed with -9 leaves its consumer name in the group (a clean stop removes its own).
   Once its entries were claimed, every worker's claim pass removes, at most once a minute, the
-  consumers that hold no pending entry and were idle for ``PRUNE_IDLE_MIN_S``, in one Lua script: the check and the ``XGROUP DELCONSUMER`` are one atomic
-  step, so an entry handed to a consumer meanwhile can never be dropped with it. A live worker
-  that is merely idle may be removed too; its next read makes it again (Redis creates consumers
-  on ``XREADGROUP``), and with nothing pending it loses nothing.
+  consumers that hold no pending entry and were idle for ``PRUNE_IDLE_MIN_S``, in one Lua
+  script: the check and the ``XGROUP DELCONSUMER`` are one atomic step, so an entry handed to a
+  consumer meanwhile can never be dropped with it. A live worker that is merely idle may be
+  removed too; its next read makes it again (Redis creates consumers on ``XREADGROUP``), and
+  with nothing pending it loses nothing.
 - Redis unreachable: ``poll`` logs, backs off (0.1 s doubling to 2 s) and returns nothing;
   ``produce`` reports ``on_failed`` (the publisher retries every second); ``commit`` keeps its
   XACKs for the next call. Nothing is acknowledged that was not answered, so nothing is lost;
@@ -84,6 +85,7 @@ BACKOFF_MAX_S = 2.0
 CLAIM_INTERVAL_MAX_S = 5.0  # XAUTOCLAIM at least this often (more often for short redelivery timeouts)
 PRUNE_IDLE_MIN_S = 600.0  # a consumer idle this long with nothing pending is removed from the group
 PRUNE_INTERVAL_S = 60.0
+PRUNE_RETRY_S = 3600.0  # after a failure (scripts refused by the server or its ACL): warn hourly, not every minute
 # KEYS[1] stream; ARGV: group, this consumer, min idle ms. Removes the group's consumers that hold
 # no pending entry and were idle longer; returns their names. One script: atomic (module doc).
 PRUNE_SCRIPT = """
@@ -496,7 +498,9 @@ class RedisStreamsTransport:
 
     def _prune_consumers(self) -> None:
         """Remove dead workers' consumer names (``PRUNE_SCRIPT``), at most every
-        ``PRUNE_INTERVAL_S``; housekeeping only, so a failure is logged and tried again later."""
+        ``PRUNE_INTERVAL_S``. Housekeeping only: a failure (the claim just before it reached the
+        server, so most likely a server or ACL that refuses scripts) is logged and tried again
+        an hour later."""
         now = time.monotonic()
         if now < self._prune_due:
             return
@@ -504,7 +508,9 @@ class RedisStreamsTransport:
         try:
             removed = self.client.eval(PRUNE_SCRIPT, 1, self.stream, self.group, self.consumer, self._prune_idle_ms)
         except RedisError as exc:
-            log.warning("redis-streams: could not remove idle consumers from group %s: %s", self.group, exc)
+            self._prune_due = now + PRUNE_RETRY_S
+            log.warning("redis-streams: could not remove idle consumers from group %s (trying again in an hour): %s",
+                        self.group, exc)
             return
         if removed:
             log.info("redis-streams: removed %d consumers with nothing pending, idle over %.0f s, from group %s: %s",
