@@ -20,7 +20,8 @@ After each Kafka contender's throughput run, ``--latency-n`` requests are sent a
 ``--latency-rate`` (MiniLM: a third as many at 25/s, under what it answers one at a time on two
 cores): latency is the result's CreateTime minus the request's send time (one host clock), so it
 is the per-request cost on an idle pipeline, not time spent queued behind the pre-loaded backlog.
-Writes ``pipeline.json`` and ``pipeline.png`` to ``--out`` and prints a Markdown table. Only ratios from one run mean anything on a shared machine.
+Writes ``pipeline.json`` and ``pipeline.png`` to ``--out`` and prints a Markdown table. Only
+ratios from one run mean anything on a shared machine.
 
 Usage: python bench/pipeline.py [--docs 20000] [--minilm-docs 2000] [--processes 1,2] [--smoke]
        or: poolworker bench --pipeline [--smoke]

@@ -351,7 +351,6 @@ class RedisStreamsTransport:
         self._renew_due = 0.0
         timeout = settings.redelivery_timeout_s
         self._claim_every_s = min(CLAIM_INTERVAL_MAX_S, max(0.2, timeout / 2))
-        self._prune_idle_ms = int(PRUNE_IDLE_MIN_S * 1000)
         self._prune_due = 0.0
         self._renew_every_s = max(0.1, timeout / 3)
 
@@ -506,7 +505,7 @@ class RedisStreamsTransport:
             return
         self._prune_due = now + PRUNE_INTERVAL_S
         try:
-            removed = self.client.eval(PRUNE_SCRIPT, 1, self.stream, self.group, self.consumer, self._prune_idle_ms)
+            removed = self.client.eval(PRUNE_SCRIPT, 1, self.stream, self.group, self.consumer, int(PRUNE_IDLE_MIN_S * 1000))
         except RedisError as exc:
             self._prune_due = now + PRUNE_RETRY_S
             log.warning("redis-streams: could not remove idle consumers from group %s (trying again in an hour): %s",
@@ -514,7 +513,7 @@ class RedisStreamsTransport:
             return
         if removed:
             log.info("redis-streams: removed %d consumers with nothing pending, idle over %.0f s, from group %s: %s",
-                     len(removed), self._prune_idle_ms / 1000, self.group, ", ".join(_text(n) for n in removed))
+                     len(removed), PRUNE_IDLE_MIN_S, self.group, ", ".join(_text(n) for n in removed))
 
     def _with_deliveries(self, found: list[tuple[str, list[bytes]]]) -> list[tuple[str, list[bytes], int]]:
         """Each entry's delivery count from XPENDING (one pipelined round trip)."""
