@@ -172,10 +172,13 @@ class WorkerSettings(BaseSettings):
             "max_poll_records": self.max_poll_records,
             "fetch_max_wait_ms": self.fetch_max_wait_ms,
             "enable_incremental_fetch_sessions": False,  # a resumed partition got nothing on Tansu with it on
+            "metrics_enabled": False,  # the client's own sensors: nothing reads them, every record paid for them
         }
         return {**base, **_only(self.kafka_options, _CONSUMER_KEYS)}
 
     def producer_options(self) -> dict[str, Any]:
+        from .consumers.kafka_partitioner import KeyHashPartitioner
+
         base = {
             "bootstrap_servers": self.bootstrap_servers,
             "acks": "all",
@@ -183,6 +186,8 @@ class WorkerSettings(BaseSettings):
             "linger_ms": 5,
             "batch_size": PRODUCER_BATCH_BYTES,
             "max_in_flight_requests_per_connection": 5,
+            "partitioner": KeyHashPartitioner(),  # the default's choices, cheaper
+            "metrics_enabled": False,
         }
         return {**base, **_only(self.kafka_options, _PRODUCER_KEYS)}
 

@@ -21,6 +21,7 @@ from kafka.structs import OffsetAndMetadata, TopicPartition
 
 from ..config import WorkerSettings
 from ..work import Source
+from .kafka_partitioner import KeyHashPartitioner
 from .offsets import OffsetTracker
 from .topics import ensure_topics
 from .transport import Headers, OnRevoked, Record, RecordTooLarge, Reply
@@ -199,7 +200,7 @@ class KafkaPythonChannel:
         from ..config import PRODUCER_BATCH_BYTES, options_for
 
         self.producer = KafkaProducer(**{"bootstrap_servers": servers, "acks": "all", "linger_ms": 2, "batch_size": PRODUCER_BATCH_BYTES,
-                                         **options_for("producer", options)})
+                                         "partitioner": KeyHashPartitioner(), **options_for("producer", options)})
         self.consumer = KafkaConsumer(**{"bootstrap_servers": servers, "group_id": None, "enable_auto_commit": False,
                                          "enable_incremental_fetch_sessions": False, "fetch_max_wait_ms": CLIENT_FETCH_MAX_WAIT_MS,
                                          **options_for("consumer", options)})
