@@ -242,6 +242,33 @@ def test_pause_holds_partitions_assigned_while_paused_and_resume_loses_nothing(b
     assert t.inflight() == 16
 
 
+def test_both_kafka_transports_put_a_keys_result_where_the_java_client_would(broker, transport):
+    """librdkafka's own default hashes keys with CRC32: a pool mixing the two transports would
+    split a key's results over two partitions, so both follow the Java client (murmur2)."""
+    from kafka.partitioner.default import (
+        murmur2 as java_murmur2,  # kafka-python's port of the Java client's
+    )
+
+    from poolworker.consumers.kafka_python import KafkaPythonTransport
+
+    fast = transport(partitions=6)
+    s = fast.settings
+    plain = KafkaPythonTransport(s, on_revoked=lambda _p: None)
+    plain.start()
+    acked: list[bytes] = []
+    keys = [f"doc-{i}".encode() for i in range(30)]
+    try:
+        for i, key in enumerate(keys):
+            t = fast if i % 2 else plain
+            t.produce(s.results_topic, key, b"{}", [], lambda key=key: acked.append(key), lambda exc: pytest.fail(str(exc)))
+        assert wait_for(lambda: len(acked) == len(keys), 30, lambda: plain.flush(0.1))
+    finally:
+        plain.close()
+    where = {m.key(): m.partition() for m in read_all(broker.bootstrap_servers, s.results_topic, len(keys))}
+    assert where == {key: (java_murmur2(key) & 0x7FFFFFFF) % 6 for key in keys}
+    assert len(set(where.values())) > 1
+
+
 # -- settings and start-up errors ----------------------------------------------------------------------
 def test_kafka_python_names_are_translated_and_librdkafka_names_routed():
     options = {"security_protocol": "SASL_SSL", "sasl_mechanism": "PLAIN", "sasl_plain_username": "u", "sasl_plain_password": "pw",

@@ -61,6 +61,8 @@ CLIENT_FETCH_WAIT_MAX_MS = 20
 #: How long a produce blocked by a full local queue waits between tries (never dropped).
 QUEUE_FULL_WAIT_S = 0.05
 PUMP_POLL_S = 0.05
+#: librdkafka's name for the Java client's keyed partitioning (murmur2; null keys at random).
+JAVA_PARTITIONER = "murmur2_random"
 
 # -- options ---------------------------------------------------------------------------------------
 #: kafka-python option → (librdkafka property, value conversion); the client roles it reaches
@@ -210,12 +212,16 @@ def consumer_config(settings: WorkerSettings) -> dict[str, Any]:
 
 def producer_config(settings: WorkerSettings) -> dict[str, Any]:
     """acks=all and idempotence (as the ``kafka`` transport); ``message.max.bytes`` is
-    kafka-python's ``max_request_size`` default, so both transports refuse the same records."""
+    kafka-python's ``max_request_size`` default, so both transports refuse the same records;
+    a keyed record goes where the Java client and the ``kafka`` transport put it (murmur2 of the
+    key; librdkafka's own default hashes with CRC32), so a key's results stay in one partition
+    when a pool mixes both transports or moves from one to the other."""
     return _client_config(settings.bootstrap_servers, settings.kafka_options, "producer", {
         "acks": "all",
         "enable.idempotence": True,
         "linger.ms": 5,
         "message.max.bytes": 1_048_576,
+        "partitioner": JAVA_PARTITIONER,
     })
 
 
@@ -518,7 +524,7 @@ class LibrdkafkaChannel:
     def __init__(self, servers: str, *, results_topic: str, options: dict) -> None:
         self._servers = servers
         self.producer = _build(Producer, _client_config(servers, options, "producer", {
-            "acks": "all", "linger.ms": 2, "on_delivery": self._delivered}))
+            "acks": "all", "linger.ms": 2, "partitioner": JAVA_PARTITIONER, "on_delivery": self._delivered}))
         # librdkafka wants a group.id even for assign(): a fresh one that never joins or commits
         self.consumer = _build(Consumer, _client_config(servers, options, "consumer", {
             "group.id": f"poolworker-client-{uuid.uuid4().hex[:12]}", "enable.auto.commit": False,
