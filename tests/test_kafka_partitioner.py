@@ -15,6 +15,7 @@ from kafka.partitioner.default import DefaultPartitioner
 from kafka.partitioner.default import murmur2 as kafka_python_murmur2
 
 from poolworker.config import WorkerSettings
+from poolworker.consumers import kafka_partitioner
 from poolworker.consumers.kafka_partitioner import KeyHashPartitioner, murmur2
 
 JAVA_MURMUR2 = {
@@ -54,15 +55,22 @@ def test_murmur2_gives_the_java_clients_values_and_kafka_pythons():
             assert murmur2(data) == kafka_python_murmur2(data), data
 
 
-def test_keyed_records_go_where_kafka_pythons_default_partitioner_sends_them():
+def test_keyed_records_go_where_kafka_pythons_default_partitioner_sends_them(monkeypatch):
+    clock = [100.0]
+    monkeypatch.setattr(kafka_partitioner.time, "monotonic", lambda: clock[0])
     ours, theirs = KeyHashPartitioner(), DefaultPartitioner()
     rng = random.Random(11)
     keys = [rng.randbytes(rng.randrange(1, 40)) for _ in range(300)] + [b"r1", b"doc-42", "ключ".encode()]
+    previous = None
     for count in (1, 3, 6, 12):  # the same partitioner object as the topic grows
         cluster = _Cluster({"results": list(range(count))}, unavailable=frozenset({0}))  # keyed records ignore availability
+        if previous is not None:  # until the partitions are read again, the old count holds
+            assert {ours.partition("results", None, key, None, b"v", cluster) for key in keys} == set(range(previous))
+            clock[0] += kafka_partitioner.PARTITIONS_REREAD_S
         chosen = [ours.partition("results", None, key, None, b"v", cluster) for key in keys]
         assert chosen == [theirs.partition("results", None, key, None, b"v", cluster) for key in keys]
         assert len(set(chosen)) == count
+        previous = count
 
 
 def test_records_without_a_key_go_to_an_available_partition_and_an_unknown_topic_is_refused():

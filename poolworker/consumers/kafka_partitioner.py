@@ -6,14 +6,17 @@ murmur2 of the key, sign bit cleared, modulo the partition count. kafka-python's
 ``DefaultPartitioner`` makes the same choice, but for every record it also sorts the topic's
 partitions, lists the available ones (which a keyed record never uses) and hashes in a port that
 masks after every operation; on a near-free model that was 5.5% of the worker process's
-interpreter time. Here the sorted partitions are kept per topic (partitions are only ever added,
-so a changed count is the only change to notice) and the hash reads 4-byte words with ``struct``.
-Records without a key go to ``DefaultPartitioner``'s random choice, as before.
+interpreter time. Here the hash reads 4-byte words with ``struct``, and the sorted partitions are
+kept per topic and read again from the client's metadata once a second (each read builds a set;
+the producer itself learns of a topic's new partitions only at its next metadata refresh, so a
+second more is nothing new). Records without a key go to ``DefaultPartitioner``'s random
+choice, as before.
 """
 
 from __future__ import annotations
 
 import struct
+import time
 from collections.abc import Callable
 
 from kafka.partitioner.default import DefaultPartitioner
@@ -21,6 +24,7 @@ from kafka.partitioner.default import DefaultPartitioner
 _MASK = 0xFFFFFFFF
 _M = 0x5BD1E995
 _SEED = 0x9747B28C
+PARTITIONS_REREAD_S = 1.0
 _WORDS: dict[int, Callable[[bytes], tuple[int, ...]]] = {}  # bytes in whole words → an unpacker of them
 
 
@@ -48,18 +52,20 @@ class KeyHashPartitioner(DefaultPartitioner):
     """``DefaultPartitioner``'s choices, with the per-record work of a keyed record cut down."""
 
     def __init__(self) -> None:
-        self._sorted: dict[str, list[int]] = {}
+        self._sorted: dict[str, tuple[float, list[int]]] = {}  # topic → (when to read again, its partitions)
 
     def partition(self, topic, key, serialized_key, value, serialized_value, cluster) -> int:
         if serialized_key is None:
             return super().partition(topic, key, serialized_key, value, serialized_value, cluster)
-        partitions = cluster.partitions_for_topic(topic)
-        if not partitions:
-            raise ValueError(f"Topic {topic} not found in ClusterMetadata")
+        now = time.monotonic()
         known = self._sorted.get(topic)
-        if known is None or len(known) != len(partitions):
-            known = self._sorted[topic] = sorted(partitions)
-        return known[(murmur2(bytes(serialized_key)) & 0x7FFFFFFF) % len(known)]
+        if known is None or now >= known[0]:
+            partitions = cluster.partitions_for_topic(topic)
+            if not partitions:
+                raise ValueError(f"Topic {topic} not found in ClusterMetadata")
+            known = self._sorted[topic] = (now + PARTITIONS_REREAD_S, sorted(partitions))
+        sorted_partitions = known[1]
+        return sorted_partitions[(murmur2(bytes(serialized_key)) & 0x7FFFFFFF) % len(sorted_partitions)]
 
 
 __all__ = ["KeyHashPartitioner", "murmur2"]
