@@ -81,7 +81,12 @@ class Sizes:
         return cls(docs=400, minilm_docs=32, partitions=4, latency_n=20, latency_rate=200.0, timeout_s=120.0, session_timeout_ms=4_000)
 
     def group_options(self) -> dict[str, int]:
-        return {"session_timeout_ms": self.session_timeout_ms, "heartbeat_interval_ms": max(100, self.session_timeout_ms // 10)}
+        """Consumer settings the relay and the workers share: the group's timings, and the fetch
+        wait a consumer of the local Tansu broker needs."""
+        from poolworker.broker import FETCH_MAX_WAIT_MS
+
+        return {"session_timeout_ms": self.session_timeout_ms, "heartbeat_interval_ms": max(100, self.session_timeout_ms // 10),
+                "fetch_max_wait_ms": FETCH_MAX_WAIT_MS}
 
 
 # ----------------------------------------------------------------------------------------------

@@ -142,7 +142,7 @@ def dev(
 ) -> None:
     """Embedded defaults: a local Tansu broker, Redis or an in-process cache, the bundled model;
     streams demo documents through the worker, prints results and throughput, then keeps serving."""
-    from .broker import start_local_broker
+    from .broker import FETCH_MAX_WAIT_MS, start_local_broker
     from .client import PoolClient
     from .config import WorkerSettings
     from .model_process import start_model_process
@@ -157,7 +157,7 @@ def dev(
     try:
         settings = WorkerSettings.load(None, bootstrap_servers=broker.bootstrap_servers, models=[model], redis_url=redis_url,
                                        metrics_port=0, session_timeout_ms=4000, heartbeat_interval_ms=500,
-                                       allowed_reply_topics=REPLY_TOPICS)
+                                       fetch_max_wait_ms=FETCH_MAX_WAIT_MS, allowed_reply_topics=REPLY_TOPICS)
         typer.echo(f"broker (Tansu) on {broker.bootstrap_servers}; loading {model} ...")
         early = start_model_process(settings)  # loads while this process imports torch
         from .worker import Worker

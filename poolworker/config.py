@@ -86,9 +86,9 @@ class WorkerSettings(BaseSettings):
     heartbeat_interval_ms: int = Field(1_000, ge=100)
     max_poll_interval_ms: int = Field(300_000, ge=1000)
     max_poll_records: int = Field(500, ge=1)
-    fetch_max_wait_ms: int = Field(20, ge=0, description="how long a fetch that finds no record waits on the broker; short for "
-                                   "Tansu (it holds fetches under steady traffic: p50 128 ms at 500); on Apache Kafka, which "
-                                   "answers as soon as a record arrives, 500 saves an idle worker's fetches")
+    fetch_max_wait_ms: int = Field(500, ge=0, description="how long a fetch that finds no record waits on the broker (Apache "
+                                   "Kafka's default: it answers as soon as a record arrives); 20 on Tansu, which holds fetches "
+                                   "under steady traffic (p50 128 ms at 500); poolworker dev sets that for its local broker")
     allowed_reply_topics: str | None = Field(None, description="regex of topics a request's reply_to may name; none: only the results topic")
 
     # models

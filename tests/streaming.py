@@ -11,10 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from poolworker.broker import LocalBroker, start_local_broker
+from poolworker.broker import FETCH_MAX_WAIT_MS, LocalBroker, start_local_broker
 from poolworker.config import WorkerSettings
 
 FAST_GROUP = {"session_timeout_ms": 4000, "heartbeat_interval_ms": 500}
+TANSU = {"fetch_max_wait_ms": FETCH_MAX_WAIT_MS}  # what a worker on the tests' broker needs
 
 
 @pytest.fixture
@@ -43,7 +44,7 @@ def unique_topics() -> dict[str, str]:
 
 def worker_settings(broker: LocalBroker, **overrides) -> WorkerSettings:
     values = {"bootstrap_servers": broker.bootstrap_servers, "metrics_port": 0, "redis_url": None, "partitions": 3,
-              **FAST_GROUP, **unique_topics(), **overrides}
+              **FAST_GROUP, **TANSU, **unique_topics(), **overrides}
     return WorkerSettings(**values)
 
 

@@ -110,6 +110,19 @@ def test_each_kafka_client_gets_only_the_options_it_accepts():
     assert WorkerSettings(fetch_max_wait_ms=7).consumer_options()["fetch_max_wait_ms"] == 7
 
 
+def test_a_fetch_waits_as_long_as_kafkas_own_clients_let_it_unless_told(monkeypatch):
+    """Apache Kafka answers a fetch as soon as a record arrives, so the default wait (the Kafka
+    clients' own) only bounds an empty fetch; Tansu needs the short wait set explicitly."""
+    import kafka
+
+    from poolworker.broker import FETCH_MAX_WAIT_MS
+
+    monkeypatch.delenv("POOLWORKER_FETCH_MAX_WAIT_MS", raising=False)
+    assert WorkerSettings().fetch_max_wait_ms == kafka.KafkaConsumer.DEFAULT_CONFIG["fetch_max_wait_ms"]
+    monkeypatch.setenv("POOLWORKER_FETCH_MAX_WAIT_MS", str(FETCH_MAX_WAIT_MS))
+    assert WorkerSettings().consumer_options()["fetch_max_wait_ms"] == FETCH_MAX_WAIT_MS
+
+
 def test_queues_reached_by_url_need_one_before_anything_loads():
     for transport in ("redis-streams", "nats"):
         with pytest.raises(ValidationError, match="needs transport_url"):

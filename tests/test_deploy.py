@@ -214,7 +214,7 @@ def test_compose_worker_settings(compose, monkeypatch) -> None:
         assert host in services, f"{name}: bootstrap host {host!r} is not a compose service"
         assert s.redis_url and s.redis_url.split("//")[1].split(":")[0] in services
         assert s.metrics_port is not None and s.metrics_port > 0
-        assert s.fetch_max_wait_ms >= 500  # Kafka answers on data; the 20 ms default is for Tansu
+        assert s.fetch_max_wait_ms >= 500  # Kafka answers on data; 20 ms is for Tansu (poolworker.broker)
     gpu = settings_from_env(monkeypatch, service_env(services["poolworker-gpu"]))
     assert gpu.device == "cuda"
 

@@ -11,14 +11,22 @@ import sys
 import time
 from collections import Counter
 
-from streaming import FAST_GROUP, REPO, as_json, produce, read_topic, unique_topics
+from streaming import (
+    FAST_GROUP,
+    REPO,
+    TANSU,
+    as_json,
+    produce,
+    read_topic,
+    unique_topics,
+)
 
 
 def start_worker_process(broker, topics: dict[str, str], log_path) -> subprocess.Popen:
     env = {**os.environ, "POOLWORKER_BOOTSTRAP_SERVERS": broker.bootstrap_servers, "POOLWORKER_REDIS_URL": "none",
            "POOLWORKER_METRICS_PORT": "0", "POOLWORKER_PARTITIONS": "3", "POOLWORKER_MODELS": '["minilm=all-MiniLM-L6-v2"]',
            "POOLWORKER_MAX_BATCH_REQUESTS": "16", "POOLWORKER_MAX_INFLIGHT_REQUESTS": "32", "POOLWORKER_MAX_POLL_RECORDS": "16",
-           **{f"POOLWORKER_{k.upper()}": str(v) for k, v in {**topics, **FAST_GROUP}.items()}}
+           **{f"POOLWORKER_{k.upper()}": str(v) for k, v in {**topics, **FAST_GROUP, **TANSU}.items()}}
     return subprocess.Popen([sys.executable, "-m", "poolworker.cli", "run", "--log-level", "INFO"], cwd=REPO, env=env,
                             stdout=log_path.open("w"), stderr=subprocess.STDOUT)
 

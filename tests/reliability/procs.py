@@ -16,18 +16,19 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from poolworker.broker import free_port, wait_for_port
+from poolworker.broker import FETCH_MAX_WAIT_MS, free_port, wait_for_port
 
 from .peers import Reader
 
 REPO = Path(__file__).resolve().parents[2]
 FAST_GROUP = {"session_timeout_ms": 4000, "heartbeat_interval_ms": 500}
+TANSU = {"fetch_max_wait_ms": FETCH_MAX_WAIT_MS}  # Tansu answers fetches only when the wait runs out (poolworker.broker)
 
 
 def worker_env(bootstrap: str, topics: dict[str, str], **settings) -> dict[str, str]:
     """``POOLWORKER_*`` variables for a worker subprocess; lists and dicts as JSON."""
     values = {"bootstrap_servers": bootstrap, "redis_url": "none", "metrics_port": 0, "partitions": 3,
-              "models": ["minilm=all-MiniLM-L6-v2"], **FAST_GROUP, **topics, **settings}
+              "models": ["minilm=all-MiniLM-L6-v2"], **FAST_GROUP, **TANSU, **topics, **settings}
     env = {k: v for k, v in os.environ.items() if not k.startswith("POOLWORKER_")}
     env.update(TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     for key, value in values.items():
