@@ -16,13 +16,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from poolworker.broker import FETCH_MAX_WAIT_MS, free_port, wait_for_port
+from streaming import FAST_GROUP, TANSU
+
+from poolworker.broker import free_port, wait_for_port
 
 from .peers import Reader
 
 REPO = Path(__file__).resolve().parents[2]
-FAST_GROUP = {"session_timeout_ms": 4000, "heartbeat_interval_ms": 500}
-TANSU = {"fetch_max_wait_ms": FETCH_MAX_WAIT_MS}  # Tansu answers fetches only when the wait runs out (poolworker.broker)
 
 
 def worker_env(bootstrap: str, topics: dict[str, str], **settings) -> dict[str, str]:
